@@ -1,0 +1,70 @@
+//! The consumer's settings, from flags, the environment or `.env`.
+
+use std::time::Duration;
+
+use clap::Parser;
+use lastseen::config::{AmqpArgs, DatabaseArgs, LogArgs, parse_positive_millis};
+use lastseen::topology::TopologyArgs;
+
+/// Checks queued object ids against the status service and records last_seen.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "consumer", version)]
+pub struct Config {
+    /// Base URL of the status service; ids are checked at `{STATUS_URL}/objects/{id}`.
+    #[arg(long, env = "STATUS_URL", default_value = "http://127.0.0.1:9010", value_parser = parse_status_url)]
+    pub status_url: reqwest::Url,
+
+    /// How long one status call may take before it counts as failed (milliseconds).
+    #[arg(long, env = "STATUS_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_millis)]
+    pub status_timeout_ms: Duration,
+
+    /// Unacknowledged messages RabbitMQ hands this process at once: this bounds the
+    /// status checks in flight (each takes 0.3 to 4.3 s, so throughput needs many).
+    #[arg(long, env = "PREFETCH", default_value_t = 5000, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+
+    /// Most rows in one upsert statement.
+    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_max_rows: u32,
+
+    /// Longest a sighting waits for its batch to fill before it is written (milliseconds).
+    #[arg(long, env = "BATCH_FLUSH_MS", default_value = "20", value_parser = parse_positive_millis)]
+    pub batch_flush_ms: Duration,
+
+    /// Checks of one message (failed status calls) before it goes to the dead-letter queue.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+
+    /// Delay before the first retry; each further retry doubles it (milliseconds).
+    #[arg(long, env = "RETRY_BASE_MS", default_value = "1000", value_parser = parse_positive_millis)]
+    pub retry_base_ms: Duration,
+
+    /// Longest delay between two retries (milliseconds).
+    #[arg(long, env = "RETRY_MAX_MS", default_value = "60000", value_parser = parse_positive_millis)]
+    pub retry_max_ms: Duration,
+
+    /// Longest a shutdown waits for in-flight checks to finish (milliseconds); what is
+    /// left unacked is redelivered to another consumer.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_millis)]
+    pub shutdown_timeout_ms: Duration,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+fn parse_status_url(s: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http") {
+        return Err("must be an http:// URL".into());
+    }
+    Ok(url)
+}

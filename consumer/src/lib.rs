@@ -1,0 +1,14 @@
+//! The consumer: takes check messages from the work queue, asks the status service about
+//! each id, records online objects' `last_seen` in batches, and acks only after commit.
+
+mod config;
+mod delivery;
+mod retry;
+mod startup;
+mod status;
+mod writer;
+
+pub use config::Config;
+pub use retry::RetryPolicy;
+pub use startup::Application;
+pub use status::{CheckError, StatusClient};

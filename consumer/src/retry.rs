@@ -1,0 +1,150 @@
+//! Retries and dead letters: a message whose checks failed goes, with only the failed
+//! ids, to a retry queue whose TTL sends it back to work after a growing delay; after
+//! `MAX_ATTEMPTS` it goes to the dead-letter queue with the reason in its headers.
+
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel};
+use lastseen::CheckMessage;
+use lastseen::amqp::{self, AmqpError};
+use lastseen::topology::Topology;
+
+/// Header holding the attempt number of a delivery (1 for the first).
+pub const ATTEMPT_HEADER: &str = "x-attempt";
+/// Header holding why a message was retried or dead-lettered.
+pub const REASON_HEADER: &str = "x-reason";
+
+/// Exponential delays between attempts, and when to give up.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+    pub max_attempts: u32,
+}
+
+impl RetryPolicy {
+    /// The delay after failed attempt `attempt` (1-based): base, 2 base, 4 base, ... max.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
+        self.base.saturating_mul(factor).min(self.max)
+    }
+
+    /// Every distinct delay the policy uses, so their queues can be declared.
+    pub fn delays(&self) -> Vec<Duration> {
+        let mut delays: Vec<Duration> = (1..self.max_attempts).map(|a| self.delay(a)).collect();
+        delays.dedup();
+        delays
+    }
+}
+
+/// Where a failed message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Retried { delay: Duration },
+    DeadLettered,
+}
+
+/// Publishes retries and dead letters on a confirm-mode channel.
+pub struct Retrier {
+    pub channel: Channel,
+    pub topology: Topology,
+    pub policy: RetryPolicy,
+}
+
+impl Retrier {
+    /// Sends `message` (holding only the failed ids) to retry after `attempt`, or to the
+    /// dead-letter queue if that was the last attempt; returns once confirmed.
+    pub async fn retry_or_dead_letter(
+        &self,
+        message: &CheckMessage,
+        attempt: u32,
+        reason: &str,
+    ) -> Result<Outcome, AmqpError> {
+        let body = serde_json::to_vec(message).expect("a CheckMessage always serializes");
+        if attempt >= self.policy.max_attempts {
+            self.dead_letter(&body, attempt, reason).await?;
+            return Ok(Outcome::DeadLettered);
+        }
+        let delay = self.policy.delay(attempt);
+        let queue = self.topology.retry_queue(delay);
+        let properties = with_headers(attempt + 1, reason);
+        amqp::publish_mandatory(&self.channel, "", &queue, &body, properties)
+            .await?
+            .await?;
+        Ok(Outcome::Retried { delay })
+    }
+
+    /// Sends a body to the dead-letter queue with the reason and the attempts made.
+    pub async fn dead_letter(
+        &self,
+        body: &[u8],
+        attempts: u32,
+        reason: &str,
+    ) -> Result<(), AmqpError> {
+        amqp::publish_mandatory(
+            &self.channel,
+            &self.topology.dead_letter_exchange,
+            "",
+            body,
+            with_headers(attempts, reason),
+        )
+        .await?
+        .await
+    }
+}
+
+fn with_headers(attempt: u32, reason: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ATTEMPT_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(attempt)),
+    );
+    headers.insert(
+        REASON_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    amqp::persistent_json().with_headers(headers)
+}
+
+/// The attempt number of a delivery, from its header (1 when absent).
+pub fn attempt_of(properties: &BasicProperties) -> u32 {
+    let value = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(ATTEMPT_HEADER).cloned());
+    let n: i64 = match value {
+        Some(AMQPValue::LongLongInt(n)) => n,
+        Some(AMQPValue::LongInt(n)) => i64::from(n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(n),
+        Some(AMQPValue::ShortUInt(n)) => i64::from(n),
+        Some(AMQPValue::ShortShortInt(n)) => i64::from(n),
+        Some(AMQPValue::ShortShortUInt(n)) => i64::from(n),
+        _ => 1,
+    };
+    u32::try_from(n.max(1)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_up_to_the_maximum() {
+        let policy = RetryPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+            max_attempts: 10,
+        };
+        let secs: Vec<u64> = (1..=6).map(|a| policy.delay(a).as_secs()).collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 10, 10]);
+        assert_eq!(policy.delays().len(), 5);
+    }
+
+    #[test]
+    fn attempt_defaults_to_one_and_reads_the_header() {
+        assert_eq!(attempt_of(&BasicProperties::default()), 1);
+        assert_eq!(attempt_of(&with_headers(4, "x")), 4);
+    }
+}

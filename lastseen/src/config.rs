@@ -1,0 +1,147 @@
+//! Configuration shared by the binaries: `.env` loading, the common settings, and the
+//! one-line, exit-code-2 report of a bad setting.
+
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, Parser};
+
+/// Exit code for a bad setting, as for any command-line usage error.
+pub const BAD_CONFIG_EXIT: u8 = 2;
+
+/// Loads `.env` (if present; the environment overrides it) and parses the command line.
+///
+/// A bad or missing setting prints one line naming it, e.g.
+/// `invalid configuration: OBJECT_TTL_SECS (--object-ttl-secs): invalid value 'x': invalid digit found in string`,
+/// and exits with code 2. `--help` and `--version` behave as usual.
+pub fn load<T: Parser>() -> T {
+    dotenvy::dotenv().ok();
+    match T::try_parse() {
+        Ok(config) => config,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            err.exit()
+        }
+        Err(err) => {
+            eprintln!("{}", one_line_error(&err));
+            std::process::exit(i32::from(BAD_CONFIG_EXIT))
+        }
+    }
+}
+
+/// Turns clap's multi-line report into a single line that names the environment variable.
+pub fn one_line_error(err: &clap::Error) -> String {
+    let rendered = err.to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    let arg = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    match (err.kind(), arg) {
+        (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(arg)) => {
+            let value = match err.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(s)) => s.as_str(),
+                _ => "",
+            };
+            let reason = first.rsplit_once(": ").map_or(first, |(_, r)| r);
+            format!(
+                "invalid configuration: {} ({}): invalid value '{value}': {reason}",
+                env_name(arg),
+                flag_name(arg),
+            )
+        }
+        _ => format!("invalid configuration: {first}"),
+    }
+}
+
+/// Prints a run error on one line (with its causes) and turns it into an exit code.
+pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--object-ttl-secs <OBJECT_TTL_SECS>` -> `OBJECT_TTL_SECS`.
+fn env_name(arg: &str) -> String {
+    let flag = flag_name(arg);
+    flag.trim_start_matches('-')
+        .replace('-', "_")
+        .to_uppercase()
+}
+
+fn flag_name(arg: &str) -> &str {
+    arg.split_whitespace().next().unwrap_or(arg)
+}
+
+/// Where PostgreSQL is.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL; the database is created and migrated at start if missing.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/lastseen", value_parser = parse_database_url)]
+    pub database_url: String,
+
+    /// Maximum connections in this process's PostgreSQL pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+}
+
+/// Where RabbitMQ is.
+#[derive(Debug, Clone, Args)]
+pub struct AmqpArgs {
+    /// RabbitMQ (AMQP 0-9-1) connection URL.
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", value_parser = parse_amqp_url)]
+    pub amqp_url: String,
+}
+
+/// How a process logs.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log filter in `RUST_LOG` syntax, e.g. `info` or `info,consumer=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info", value_parser = parse_log_filter)]
+    pub rust_log: String,
+
+    /// Log format: `text` for people, `json` for one JSON object per line.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_database_url(s: &str) -> Result<String, String> {
+    sqlx::postgres::PgConnectOptions::from_str(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_amqp_url(s: &str) -> Result<String, String> {
+    lapin::uri::AMQPUri::from_str(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("not an amqp:// or amqps:// URL ({e})"))
+}
+
+/// Parses a duration given in milliseconds, refusing zero.
+pub fn parse_positive_millis(s: &str) -> Result<std::time::Duration, String> {
+    let ms: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if ms == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(std::time::Duration::from_millis(ms))
+}

@@ -1,0 +1,74 @@
+//! PostgreSQL: create the database if it is missing, connect a pool with backoff, and
+//! apply the embedded migrations (safe when several processes start together).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DatabaseArgs;
+
+/// The schema, embedded at build time from `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// How long a caller waits for a pooled connection before the operation fails (and is
+/// retried by its caller), so an outage surfaces instead of hanging.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What went wrong preparing PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid DATABASE_URL: {0}")]
+    Url(sqlx::Error),
+    #[error("PostgreSQL is unreachable or refused: {0}")]
+    Connect(#[from] sqlx::Error),
+    #[error("applying migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stopped while connecting to PostgreSQL")]
+    Cancelled,
+}
+
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// Connects a pool to a database that exists and is migrated, retrying with backoff
+/// while PostgreSQL is unreachable, until `cancel` fires.
+pub async fn connect_and_migrate(
+    args: &DatabaseArgs,
+    cancel: &CancellationToken,
+) -> Result<PgPool, DbError> {
+    let options = PgConnectOptions::from_str(&args.database_url).map_err(DbError::Url)?;
+    let prepare = || async {
+        if !Postgres::database_exists(&args.database_url).await? {
+            // Two processes may race here; losing the race is fine.
+            if let Err(err) = Postgres::create_database(&args.database_url).await
+                && !Postgres::database_exists(&args.database_url).await?
+            {
+                return Err(DbError::Connect(err));
+            }
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(args.database_max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(pool)
+    };
+    let retried = prepare.retry(backoff()).notify(
+        |err, delay| tracing::warn!(error = %err, ?delay, "PostgreSQL not ready, retrying"),
+    );
+    tokio::select! {
+        result = retried => result,
+        () = cancel.cancelled() => Err(DbError::Cancelled),
+    }
+}

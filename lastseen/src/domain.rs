@@ -1,0 +1,112 @@
+//! Domain types shared across the pipeline: the object id, the check message that carries
+//! ids from the producer to the consumers, and the expiry notification.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// An object's id: an integer from 0 to `i64::MAX`, the range PostgreSQL's BIGINT holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ObjectId(i64);
+
+impl ObjectId {
+    pub const MAX: i64 = i64::MAX;
+
+    /// Returns the id if `value` is in range.
+    pub fn new(value: i64) -> Option<Self> {
+        (value >= 0).then_some(Self(value))
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjectId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+
+        impl Visitor<'_> for IdVisitor {
+            type Value = ObjectId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an object id: an integer from 0 to {}", ObjectId::MAX)
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ObjectId, E> {
+                ObjectId::new(v).ok_or_else(|| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ObjectId, E> {
+                i64::try_from(v)
+                    .ok()
+                    .and_then(ObjectId::new)
+                    .ok_or_else(|| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+        }
+
+        deserializer.deserialize_i64(IdVisitor)
+    }
+}
+
+/// The body of one message on the work queue: ids to check, and when they were accepted.
+///
+/// A message usually carries one id; the producer may pack several (`IDS_PER_MESSAGE`).
+/// A retry carries only the ids whose check failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckMessage {
+    pub object_ids: Vec<ObjectId>,
+    /// When the producer accepted the callback these ids came in.
+    pub accepted_at: DateTime<Utc>,
+}
+
+/// The body of an `object.expired` notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpiredNotification {
+    pub event: String,
+    pub object_id: ObjectId,
+    pub last_seen: DateTime<Utc>,
+    pub expired_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_id_accepts_the_bigint_range() {
+        let ids: Vec<ObjectId> = serde_json::from_str("[0, 9223372036854775807]").unwrap();
+        assert_eq!(ids, vec![ObjectId(0), ObjectId(i64::MAX)]);
+    }
+
+    #[test]
+    fn object_id_rejects_negative_fractional_too_large_and_strings() {
+        for bad in ["-1", "1.5", "9223372036854775808", "\"7\"", "null", "true"] {
+            let err = serde_json::from_str::<ObjectId>(bad).unwrap_err();
+            assert!(
+                err.to_string().contains("an object id"),
+                "{bad}: unexpected message {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn check_message_round_trips() {
+        let msg = CheckMessage {
+            object_ids: vec![ObjectId(4), ObjectId(5)],
+            accepted_at: Utc::now(),
+        };
+        let back: CheckMessage =
+            serde_json::from_slice(&serde_json::to_vec(&msg).unwrap()).unwrap();
+        assert_eq!(back, msg);
+    }
+}

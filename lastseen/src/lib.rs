@@ -1,0 +1,13 @@
+//! Shared library of the last-seen pipeline: configuration, telemetry, AMQP topology,
+//! database access, domain types and shutdown, used by every binary of the workspace.
+
+pub mod amqp;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod topology;
+
+pub use domain::{CheckMessage, ObjectId};

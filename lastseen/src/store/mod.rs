@@ -1,0 +1,4 @@
+//! All SQL of the pipeline, one module per table.
+
+pub mod notifications;
+pub mod objects;

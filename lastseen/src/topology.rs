@@ -1,0 +1,213 @@
+//! The RabbitMQ topology: names derived from one prefix, and the idempotent declaration
+//! of every exchange, queue and binding the pipeline uses.
+//!
+//! ```text
+//! {prefix}.callbacks (direct) --check--> {prefix}.checks (quorum) --consumer-->
+//!        ^                                   | delivery-limit exceeded
+//!        | TTL expired                       v
+//! {prefix}.checks.retry.{ms} (quorum)   {prefix}.dead (fanout) --> {prefix}.checks.dead
+//!
+//! notifications (topic) --#--> {prefix}.notifications (quorum)
+//! ```
+
+use std::time::Duration;
+
+use clap::Args;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::amqp::{AmqpError, no_args};
+
+/// Routing key of check messages on the callbacks exchange.
+pub const CHECK_ROUTING_KEY: &str = "check";
+
+/// Routing key of the notification raised when an object expires.
+pub const EXPIRED_ROUTING_KEY: &str = "object.expired";
+
+/// Names of exchanges and queues; tests give each run its own prefix.
+#[derive(Debug, Clone, Args)]
+pub struct TopologyArgs {
+    /// Prefix of every exchange and queue name the pipeline declares (except the
+    /// notifications exchange), so several pipelines or tests can share one broker.
+    #[arg(long, env = "TOPOLOGY_PREFIX", default_value = "lastseen", value_parser = parse_prefix)]
+    pub topology_prefix: String,
+
+    /// Topic exchange on which notifications (`object.expired`, ...) are published.
+    #[arg(long, env = "NOTIFICATIONS_EXCHANGE", default_value = "notifications", value_parser = parse_prefix)]
+    pub notifications_exchange: String,
+
+    /// RabbitMQ's last guard against a poison message: deliveries of one message before
+    /// the quorum queue dead-letters it (RabbitMQ 3.10 sets no default).
+    #[arg(long, env = "DELIVERY_LIMIT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub delivery_limit: u32,
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 200 {
+        return Err("must be 1 to 200 characters".into());
+    }
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err("may only hold letters, digits, '.', '-' and '_'".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// The resolved names, and the declaration of the topology.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub callbacks_exchange: String,
+    pub checks_queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub notifications_exchange: String,
+    pub notifications_queue: String,
+    prefix: String,
+    delivery_limit: u32,
+}
+
+impl Topology {
+    pub fn new(args: &TopologyArgs) -> Self {
+        let p = &args.topology_prefix;
+        Self {
+            callbacks_exchange: format!("{p}.callbacks"),
+            checks_queue: format!("{p}.checks"),
+            dead_letter_exchange: format!("{p}.dead"),
+            dead_letter_queue: format!("{p}.checks.dead"),
+            notifications_exchange: args.notifications_exchange.clone(),
+            notifications_queue: format!("{p}.notifications"),
+            prefix: p.clone(),
+            delivery_limit: args.delivery_limit,
+        }
+    }
+
+    /// Name of the retry queue that holds a message for `delay` before it returns to work.
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}.checks.retry.{}ms", self.prefix, delay.as_millis())
+    }
+
+    /// Declares the exchanges, the work queue, the dead-letter queue and the notification
+    /// queue. Idempotent: every process calls it at start and after reconnecting.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), AmqpError> {
+        declare_exchange(channel, &self.callbacks_exchange, ExchangeKind::Direct).await?;
+        declare_exchange(channel, &self.dead_letter_exchange, ExchangeKind::Fanout).await?;
+        declare_exchange(channel, &self.notifications_exchange, ExchangeKind::Topic).await?;
+
+        let mut checks = quorum_args();
+        checks.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(i32::try_from(self.delivery_limit).unwrap_or(i32::MAX)),
+        );
+        dead_letter_to(&mut checks, &self.dead_letter_exchange, None);
+        declare_queue(channel, &self.checks_queue, checks).await?;
+        bind(
+            channel,
+            &self.checks_queue,
+            &self.callbacks_exchange,
+            CHECK_ROUTING_KEY,
+        )
+        .await?;
+
+        declare_queue(channel, &self.dead_letter_queue, quorum_args()).await?;
+        bind(
+            channel,
+            &self.dead_letter_queue,
+            &self.dead_letter_exchange,
+            "",
+        )
+        .await?;
+
+        declare_queue(channel, &self.notifications_queue, quorum_args()).await?;
+        bind(
+            channel,
+            &self.notifications_queue,
+            &self.notifications_exchange,
+            "#",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Declares the retry queue for `delay`: messages wait there for `delay`, then are
+    /// dead-lettered back to the callbacks exchange and so to the work queue.
+    pub async fn declare_retry_queue(
+        &self,
+        channel: &Channel,
+        delay: Duration,
+    ) -> Result<String, AmqpError> {
+        let name = self.retry_queue(delay);
+        let mut args = quorum_args();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+        );
+        dead_letter_to(&mut args, &self.callbacks_exchange, Some(CHECK_ROUTING_KEY));
+        declare_queue(channel, &name, args).await?;
+        Ok(name)
+    }
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long_string("quorum"));
+    args
+}
+
+/// At-least-once dead-lettering, which RabbitMQ 3.10 only allows with `reject-publish`.
+fn dead_letter_to(args: &mut FieldTable, exchange: &str, routing_key: Option<&str>) {
+    args.insert("x-dead-letter-exchange".into(), long_string(exchange));
+    if let Some(key) = routing_key {
+        args.insert("x-dead-letter-routing-key".into(), long_string(key));
+    }
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        long_string("at-least-once"),
+    );
+    args.insert("x-overflow".into(), long_string("reject-publish"));
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+) -> Result<(), AmqpError> {
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(ShortString::from(name), kind, options, no_args())
+        .await?;
+    Ok(())
+}
+
+async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), AmqpError> {
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(ShortString::from(name), options, args)
+        .await?;
+    Ok(())
+}
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), AmqpError> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            no_args(),
+        )
+        .await?;
+    Ok(())
+}

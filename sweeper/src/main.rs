@@ -1,0 +1,13 @@
+//! The sweeper binary: parse the configuration, then expire and notify until a signal.
+
+use std::process::ExitCode;
+
+use sweeper::{Application, Config};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config: Config = lastseen::config::load();
+    lastseen::telemetry::init(&config.log);
+    let shutdown = lastseen::shutdown::on_signal();
+    lastseen::config::exit_code(Application::new(config).run_until_stopped(shutdown).await)
+}

@@ -1,0 +1,107 @@
+//! The outbox relay: publish pending notifications with confirms, `message_id` set to
+//! the row id, and mark them published only after the broker confirmed them.
+
+use futures::future::try_join_all;
+use lapin::types::ShortString;
+use lapin::{Channel, Connection};
+use lastseen::amqp::{self, AmqpError};
+use lastseen::store::notifications;
+use lastseen::topology::Topology;
+use sqlx::PgPool;
+
+/// Why a relay round stopped; what it had locked stays pending for the next round.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Publishes notifications, holding one confirm-mode channel and renewing it on failure.
+pub struct Relay {
+    amqp_url: String,
+    topology: Topology,
+    batch: i64,
+    session: Option<(Connection, Channel)>,
+}
+
+impl Relay {
+    pub fn new(amqp_url: String, topology: Topology, batch: u32) -> Self {
+        Self {
+            amqp_url,
+            topology,
+            batch: i64::from(batch),
+            session: None,
+        }
+    }
+
+    async fn channel(&mut self) -> Result<Channel, AmqpError> {
+        if let Some((conn, channel)) = &self.session
+            && conn.status().connected()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let conn = amqp::connect(&self.amqp_url, "sweeper").await?;
+        let channel = amqp::confirm_channel(&conn).await?;
+        self.topology.declare(&channel).await?;
+        self.session = Some((conn, channel.clone()));
+        Ok(channel)
+    }
+
+    /// Publishes every pending notification; returns how many were published.
+    pub async fn drain(&mut self, pool: &PgPool) -> Result<u64, RelayError> {
+        let mut total = 0;
+        loop {
+            let published = self.round(pool).await;
+            match published {
+                Ok(0) => return Ok(total),
+                Ok(n) => total += n,
+                Err(err) => {
+                    if matches!(err, RelayError::Amqp(_)) {
+                        self.session = None;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    async fn round(&mut self, pool: &PgPool) -> Result<u64, RelayError> {
+        let mut tx = pool.begin().await?;
+        let pending = notifications::lock_pending(&mut tx, self.batch).await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let channel = self.channel().await?;
+        let mut confirms = Vec::with_capacity(pending.len());
+        for row in &pending {
+            let body = serde_json::to_vec(&row.payload).expect("a JSON value always serializes");
+            let properties =
+                amqp::persistent_json().with_message_id(ShortString::from(row.id.to_string()));
+            confirms.push(
+                amqp::publish_mandatory(
+                    &channel,
+                    &self.topology.notifications_exchange,
+                    &row.routing_key,
+                    &body,
+                    properties,
+                )
+                .await?,
+            );
+        }
+        try_join_all(confirms).await?;
+        let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
+        notifications::mark_published(&mut tx, &ids).await?;
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    /// Closes the connection.
+    pub async fn close(&mut self) {
+        if let Some((conn, _)) = self.session.take() {
+            let _ = conn.close(200, "sweeper shutting down".into()).await;
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The tester: a status service simulator and a callback driver, our stand-ins for the
+//! outside world in tests, `make run` and load generation.
+
+pub mod drive;
+pub mod serve;

@@ -1,0 +1,173 @@
+//! The status service simulator: `GET /objects/:id` answers `{"id":N,"online":bool}`
+//! after a random delay, and can be told to fail or hang a share of the calls.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use clap::{Args, ValueEnum};
+use rand::Rng;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Which ids the simulator reports online.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnlineRule {
+    /// Even ids are online (the original tester's rule).
+    Even,
+    Odd,
+    All,
+    None,
+}
+
+impl OnlineRule {
+    pub fn is_online(self, id: i64) -> bool {
+        match self {
+            Self::Even => id % 2 == 0,
+            Self::Odd => id % 2 == 1,
+            Self::All => true,
+            Self::None => false,
+        }
+    }
+}
+
+/// Settings of `tester serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "STATUS_ADDR", default_value = "0.0.0.0:9010")]
+    pub addr: SocketAddr,
+    /// Shortest answer delay (milliseconds).
+    #[arg(long, env = "STATUS_DELAY_MIN_MS", default_value_t = 300)]
+    pub delay_min_ms: u64,
+    /// Longest answer delay (milliseconds); delays are uniform between the two.
+    #[arg(long, env = "STATUS_DELAY_MAX_MS", default_value_t = 4300)]
+    pub delay_max_ms: u64,
+    /// Which ids are online.
+    #[arg(long, env = "STATUS_ONLINE", value_enum, default_value_t = OnlineRule::Even)]
+    pub online: OnlineRule,
+    /// Share of calls answered 500 (0.0 to 1.0).
+    #[arg(long, env = "STATUS_FAIL_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    pub fail_rate: f64,
+    /// Share of calls that never answer (0.0 to 1.0).
+    #[arg(long, env = "STATUS_HANG_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    pub hang_rate: f64,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err("must be between 0.0 and 1.0".into())
+    }
+}
+
+/// Counters of what the simulator answered.
+#[derive(Debug, Default)]
+pub struct ServeStats {
+    pub answered: AtomicU64,
+    pub failed: AtomicU64,
+    pub hung: AtomicU64,
+}
+
+struct SimState {
+    args: ServeArgs,
+    stats: Arc<ServeStats>,
+}
+
+/// A bound simulator, ready to serve.
+pub struct StatusSimulator {
+    listener: TcpListener,
+    router: Router,
+    pub stats: Arc<ServeStats>,
+}
+
+impl StatusSimulator {
+    pub async fn bind(args: ServeArgs) -> anyhow::Result<Self> {
+        if args.delay_min_ms > args.delay_max_ms {
+            anyhow::bail!(
+                "invalid configuration: STATUS_DELAY_MIN_MS ({}) is above STATUS_DELAY_MAX_MS ({})",
+                args.delay_min_ms,
+                args.delay_max_ms
+            );
+        }
+        let _ = rlimit::increase_nofile_limit(u64::MAX);
+        let listener = TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("cannot listen on STATUS_ADDR {}", args.addr))?;
+        let stats = Arc::new(ServeStats::default());
+        let state = Arc::new(SimState {
+            args,
+            stats: stats.clone(),
+        });
+        let router = Router::new()
+            .route("/objects/{id}", get(object_status))
+            .with_state(state);
+        Ok(Self {
+            listener,
+            router,
+            stats,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr(), "status simulator listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("status simulator failed")
+    }
+}
+
+/// Runs `tester serve` until `shutdown`.
+pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    StatusSimulator::bind(args)
+        .await?
+        .run_until_stopped(shutdown)
+        .await
+}
+
+async fn object_status(State(state): State<Arc<SimState>>, Path(raw): Path<String>) -> Response {
+    let Some(id) = raw.parse::<i64>().ok().filter(|id| *id >= 0) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "bad_id", "message": format!("object id must be an integer from 0 to {}, got {raw:?}", i64::MAX) })),
+        )
+            .into_response();
+    };
+    let args = &state.args;
+    let (delay, roll) = {
+        let mut rng = rand::rng();
+        (
+            rng.random_range(args.delay_min_ms..=args.delay_max_ms),
+            rng.random::<f64>(),
+        )
+    };
+    if roll < args.hang_rate {
+        state.stats.hung.fetch_add(1, Ordering::Relaxed);
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    if roll < args.hang_rate + args.fail_rate {
+        state.stats.failed.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::INTERNAL_SERVER_ERROR, "simulated failure").into_response();
+    }
+    state.stats.answered.fetch_add(1, Ordering::Relaxed);
+    Json(json!({ "id": id, "online": args.online.is_online(id) })).into_response()
+}
