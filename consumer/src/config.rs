@@ -8,7 +8,7 @@ use lastseen::topology::TopologyArgs;
 
 /// Checks queued object ids against the status service and records last_seen.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "consumer", version)]
+#[command(name = "consumer", version, args_override_self = true)]
 pub struct Config {
     /// Base URL of the status service; ids are checked at `{STATUS_URL}/objects/{id}`.
     #[arg(long, env = "STATUS_URL", default_value = "http://127.0.0.1:9010", value_parser = parse_status_url)]

@@ -16,6 +16,9 @@ use crate::writer::LastSeenWriter;
 
 /// What every delivery of one AMQP session shares.
 pub struct Context {
+    /// The channel the deliveries came on: kept open while any delivery is in flight,
+    /// since lapin closes a channel when its last handle goes and acks would then fail.
+    pub channel: lapin::Channel,
     pub status: StatusClient,
     pub writer: LastSeenWriter,
     pub retrier: Retrier,

@@ -58,6 +58,7 @@ impl Application {
         );
 
         let mut connection = None;
+        let mut last_session = None;
         while !shutdown.is_cancelled() {
             let conn = match amqp::connect_with_retry(&config.amqp.amqp_url, "consumer", &shutdown)
                 .await
@@ -71,7 +72,7 @@ impl Application {
             )
             .await
             {
-                Ok(()) => {}
+                Ok(session) => last_session = Some(session),
                 Err(err) => tracing::warn!(error = %err, "RabbitMQ session ended, reconnecting"),
             }
             connection = Some(conn);
@@ -90,6 +91,17 @@ impl Application {
             tracing::warn!("in-flight checks did not finish in time; they will be redelivered");
             abandon.cancel();
         }
+        if let Some(session) = last_session {
+            let _ = session
+                .channel
+                .close(200, "consumer shutting down".into())
+                .await;
+            let _ = session
+                .retrier
+                .channel
+                .close(200, "consumer shutting down".into())
+                .await;
+        }
         if let Some(conn) = connection {
             let _ = conn.close(200, "consumer shutting down".into()).await;
         }
@@ -100,7 +112,7 @@ impl Application {
 }
 
 /// One AMQP session: declare, subscribe, dispatch deliveries until the stream ends or
-/// shutdown; returns `Ok` only on shutdown.
+/// shutdown; returns `Ok` (with the session, to close it once drained) only on shutdown.
 #[allow(clippy::too_many_arguments)]
 async fn consume(
     conn: &lapin::Connection,
@@ -111,7 +123,7 @@ async fn consume(
     writer: &LastSeenWriter,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<Context>> {
     let channel = conn.create_channel().await?;
     topology.declare(&channel).await?;
     for delay in policy.delays() {
@@ -121,6 +133,7 @@ async fn consume(
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await?;
     let ctx = Arc::new(Context {
+        channel: channel.clone(),
         status: status.clone(),
         writer: writer.clone(),
         retrier: Retrier {
@@ -149,7 +162,7 @@ async fn consume(
             },
             () = shutdown.cancelled() => {
                 let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
-                return Ok(());
+                return Ok(ctx);
             }
         }
     }

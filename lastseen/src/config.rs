@@ -91,7 +91,7 @@ fn flag_name(arg: &str) -> &str {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL connection URL; the database is created and migrated at start if missing.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/lastseen", value_parser = parse_database_url)]
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres:postgres@127.0.0.1:5432/lastseen", value_parser = parse_database_url)]
     pub database_url: String,
 
     /// Maximum connections in this process's PostgreSQL pool.
@@ -111,7 +111,7 @@ pub struct AmqpArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
     /// Log filter in `RUST_LOG` syntax, e.g. `info` or `info,consumer=debug`.
-    #[arg(long, env = "RUST_LOG", default_value = "info", value_parser = parse_log_filter)]
+    #[arg(long, env = "RUST_LOG", default_value = "info,sqlx=warn", value_parser = parse_log_filter)]
     pub rust_log: String,
 
     /// Log format: `text` for people, `json` for one JSON object per line.

@@ -9,7 +9,7 @@ use lastseen::topology::TopologyArgs;
 
 /// Accepts callbacks of object ids and publishes them durably to RabbitMQ.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "producer", version)]
+#[command(name = "producer", version, args_override_self = true)]
 pub struct Config {
     /// Address the callback endpoint listens on.
     #[arg(long, env = "CALLBACK_ADDR", default_value = "0.0.0.0:9090")]
@@ -25,7 +25,7 @@ pub struct Config {
     pub ids_per_message: u32,
 
     /// How long a callback may wait for RabbitMQ to confirm its messages before it is
-    /// answered 503 with Retry-After (milliseconds).
+    /// answered 503 with Retry-After (milliseconds, per 1,000 messages of the callback).
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value = "800", value_parser = parse_positive_millis)]
     pub publish_timeout_ms: Duration,
 

@@ -41,7 +41,7 @@ pub enum CallbackError {
     Body(String),
     #[error(transparent)]
     Invalid(#[from] BodyError),
-    #[error("the queue is unavailable, nothing was accepted; retry later: {0}")]
+    #[error("the callback was not accepted, retry it later: {0}")]
     Unavailable(#[from] PublishError),
 }
 
@@ -117,7 +117,11 @@ pub async fn callback(
     let request = CallbackRequest::parse(&body)?;
     let ids = request.distinct_ids();
     let messages = check_messages(&ids, state.ids_per_message, Utc::now());
-    match tokio::time::timeout(state.publish_timeout, state.publisher.publish(&messages)).await {
+    // The bound is per 1,000 messages, so a 10,000-id callback gets the time it needs
+    // while an ordinary one is answered well within a client's 1 s timeout.
+    let bound = state.publish_timeout
+        * u32::try_from(messages.len().div_ceil(1000).max(1)).unwrap_or(u32::MAX);
+    match tokio::time::timeout(bound, state.publisher.publish(&messages)).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => return Err(err.into()),
         Err(_elapsed) => {

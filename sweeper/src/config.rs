@@ -8,7 +8,7 @@ use lastseen::topology::TopologyArgs;
 
 /// Expires silent objects and publishes a notification for each.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "sweeper", version)]
+#[command(name = "sweeper", version, args_override_self = true)]
 pub struct Config {
     /// An object not seen online for this many seconds is expired.
     #[arg(long, env = "OBJECT_TTL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=31_536_000))]

@@ -2,4 +2,5 @@
 //! outside world in tests, `make run` and load generation.
 
 pub mod drive;
+pub mod load;
 pub mod serve;

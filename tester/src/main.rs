@@ -21,6 +21,8 @@ enum Command {
     Serve(tester::serve::ServeArgs),
     /// POST callbacks of random ids to the producer.
     Drive(tester::drive::DriveArgs),
+    /// Load the producer with concurrent callbacks and report their latency.
+    Load(tester::load::LoadArgs),
 }
 
 #[tokio::main]
@@ -31,6 +33,9 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => tester::serve::run(args, shutdown).await,
         Command::Drive(args) => tester::drive::run(args, shutdown).await.map(|_| ()),
+        Command::Load(args) => tester::load::run(args, shutdown).await.map(|report| {
+            println!("{report}");
+        }),
     };
     lastseen::config::exit_code(result)
 }

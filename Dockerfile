@@ -1,0 +1,14 @@
+# Multi-stage build of the four binaries; one image, the command picks the binary.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --workspace \
+ && mkdir /out \
+ && cp target/release/producer target/release/consumer target/release/sweeper target/release/tester /out/
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/ /usr/local/bin/
+USER 65534:65534
+CMD ["producer"]

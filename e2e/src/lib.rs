@@ -1,0 +1,343 @@
+//! The test harness: `TestEnv::start()` gives each test its own database, its own
+//! RabbitMQ names and its own status simulator, and runs the real components in-process
+//! on random ports; `teardown()` removes everything it created.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::{Channel, Connection};
+use lastseen::amqp::no_args;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// RabbitMQ used by the tests (the machine's shared broker).
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// PostgreSQL server used by the tests; each test gets its own database on it.
+pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Status simulator settings for a test.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub delay_min_ms: u64,
+    pub delay_max_ms: u64,
+    pub online: &'static str,
+    pub fail_rate: f64,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self {
+            delay_min_ms: 300,
+            delay_max_ms: 4300,
+            online: "even",
+            fail_rate: 0.0,
+        }
+    }
+}
+
+/// A running component: its name, its stop token, and its task until stopped.
+type Component = (
+    String,
+    CancellationToken,
+    Option<JoinHandle<anyhow::Result<()>>>,
+);
+
+/// One isolated pipeline.
+pub struct TestEnv {
+    pub name: String,
+    pub database_url: String,
+    pub prefix: String,
+    pub notifications_exchange: String,
+    pub status_url: String,
+    pub pool: PgPool,
+    pub amqp: Connection,
+    pub channel: Channel,
+    shutdown: CancellationToken,
+    components: Vec<Component>,
+    status_task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestEnv {
+    /// Creates the database and topology names and starts a status simulator.
+    pub async fn start(status: Status) -> anyhow::Result<Self> {
+        let name = format!("t{}", uuid::Uuid::new_v4().simple());
+        let database_url = format!("{PG_SERVER}/lastseen_test_{name}");
+        let prefix = format!("test-{name}");
+        let notifications_exchange = format!("{prefix}.notifications-x");
+        let shutdown = CancellationToken::new();
+
+        let simulator = tester::serve::StatusSimulator::bind(tester::serve::ServeArgs {
+            addr: "127.0.0.1:0".parse()?,
+            delay_min_ms: status.delay_min_ms,
+            delay_max_ms: status.delay_max_ms,
+            online: match status.online {
+                "all" => tester::serve::OnlineRule::All,
+                "none" => tester::serve::OnlineRule::None,
+                "odd" => tester::serve::OnlineRule::Odd,
+                _ => tester::serve::OnlineRule::Even,
+            },
+            fail_rate: status.fail_rate,
+            hang_rate: 0.0,
+        })
+        .await?;
+        let status_url = format!("http://{}", simulator.addr());
+        let status_task = tokio::spawn(simulator.run_until_stopped(shutdown.clone()));
+
+        let db_args = lastseen::config::DatabaseArgs {
+            database_url: database_url.clone(),
+            database_max_connections: 4,
+        };
+        let pool = lastseen::db::connect_and_migrate(&db_args, &shutdown).await?;
+        let amqp = lastseen::amqp::connect(AMQP_URL, "e2e-test").await?;
+        let channel = amqp.create_channel().await?;
+        let env = Self {
+            name,
+            database_url,
+            prefix,
+            notifications_exchange,
+            status_url,
+            pool,
+            amqp,
+            channel,
+            shutdown,
+            components: Vec::new(),
+            status_task: Some(status_task),
+        };
+        // Declare the topology up front so queue counts can be read before any component runs.
+        let topology = lastseen::topology::Topology::new(&env.topology_args());
+        topology.declare(&env.channel).await?;
+        Ok(env)
+    }
+
+    pub fn topology_args(&self) -> lastseen::topology::TopologyArgs {
+        lastseen::topology::TopologyArgs {
+            topology_prefix: self.prefix.clone(),
+            notifications_exchange: self.notifications_exchange.clone(),
+            delivery_limit: 20,
+        }
+    }
+
+    pub fn topology(&self) -> lastseen::topology::Topology {
+        lastseen::topology::Topology::new(&self.topology_args())
+    }
+
+    fn common_args(&self) -> Vec<String> {
+        vec![
+            format!("--amqp-url={AMQP_URL}"),
+            format!("--topology-prefix={}", self.prefix),
+            format!("--notifications-exchange={}", self.notifications_exchange),
+            "--rust-log=warn".into(),
+        ]
+    }
+
+    fn db_args(&self) -> Vec<String> {
+        vec![format!("--database-url={}", self.database_url)]
+    }
+
+    /// Starts a producer on a random port; returns its callback URL.
+    pub async fn start_producer(&mut self, extra: &[&str]) -> anyhow::Result<String> {
+        let mut args = vec!["producer".to_owned(), "--callback-addr=127.0.0.1:0".into()];
+        args.extend(self.common_args());
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let config = producer::Config::try_parse_from(args)?;
+        let app = producer::Application::build(config).await?;
+        let url = format!("http://127.0.0.1:{}/callback", app.port());
+        let token = self.shutdown.child_token();
+        let handle = tokio::spawn(app.run_until_stopped(token.clone()));
+        self.components
+            .push(("producer".into(), token, Some(handle)));
+        Ok(url)
+    }
+
+    /// Starts a consumer; returns its index for [`Self::stop`].
+    pub fn start_consumer(&mut self, extra: &[&str]) -> anyhow::Result<usize> {
+        let mut args = vec![
+            "consumer".to_owned(),
+            format!("--status-url={}", self.status_url),
+        ];
+        args.extend(self.common_args());
+        args.extend(self.db_args());
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let config = consumer::Config::try_parse_from(args)?;
+        let token = self.shutdown.child_token();
+        let handle =
+            tokio::spawn(consumer::Application::new(config).run_until_stopped(token.clone()));
+        self.components
+            .push(("consumer".into(), token, Some(handle)));
+        Ok(self.components.len() - 1)
+    }
+
+    /// Starts a sweeper; returns its index for [`Self::stop`].
+    pub fn start_sweeper(&mut self, extra: &[&str]) -> anyhow::Result<usize> {
+        let mut args = vec!["sweeper".to_owned()];
+        args.extend(self.common_args());
+        args.extend(self.db_args());
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let config = sweeper::Config::try_parse_from(args)?;
+        let token = self.shutdown.child_token();
+        let handle =
+            tokio::spawn(sweeper::Application::new(config).run_until_stopped(token.clone()));
+        self.components
+            .push(("sweeper".into(), token, Some(handle)));
+        Ok(self.components.len() - 1)
+    }
+
+    /// Stops one component gracefully and waits for it.
+    pub async fn stop(&mut self, index: usize) -> anyhow::Result<()> {
+        let (name, token, handle) = &mut self.components[index];
+        token.cancel();
+        let Some(handle) = handle.take() else {
+            return Ok(());
+        };
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .with_context(|| format!("{name} did not stop within 30 s"))???;
+        Ok(())
+    }
+
+    /// Ready messages in a queue (messages held unacked by a consumer are not counted).
+    pub async fn ready(&self, queue: &str) -> anyhow::Result<u32> {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let channel = self.amqp.create_channel().await?;
+        let q = channel
+            .queue_declare(queue.into(), options, no_args())
+            .await?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(q.message_count())
+    }
+
+    /// Takes every message from a queue (acking each), returning bodies and properties.
+    pub async fn drain(&self, queue: &str) -> anyhow::Result<Vec<lapin::message::Delivery>> {
+        let mut out = Vec::new();
+        while let Some(msg) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await?
+        {
+            msg.delivery.acker.ack(BasicAckOptions::default()).await?;
+            out.push(msg.delivery);
+        }
+        Ok(out)
+    }
+
+    /// The ids in `objects`, sorted.
+    pub async fn object_ids(&self) -> anyhow::Result<Vec<i64>> {
+        Ok(sqlx::query_scalar("SELECT id FROM objects ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Polls `check` every 100 ms until it returns true or `within` passes.
+    pub async fn eventually<F, Fut>(&self, within: Duration, mut check: F) -> anyhow::Result<bool>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<bool>>,
+    {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if check().await? {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops everything and removes the database, queues and exchanges of this test.
+    pub async fn teardown(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        for (name, _, handle) in self.components.drain(..) {
+            let Some(handle) = handle else { continue };
+            match tokio::time::timeout(Duration::from_secs(30), handle).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(err))) => anyhow::bail!("{name} failed: {err:#}"),
+                Ok(Err(join)) => anyhow::bail!("{name} panicked: {join}"),
+                Err(_) => anyhow::bail!("{name} did not stop within 30 s"),
+            }
+        }
+        if let Some(task) = self.status_task.take() {
+            let _ = task.await;
+        }
+        let topology = self.topology();
+        let mut queues = vec![
+            topology.checks_queue.clone(),
+            topology.dead_letter_queue.clone(),
+            topology.notifications_queue.clone(),
+        ];
+        queues.extend(self.retry_queue_names().await);
+        for queue in queues {
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [
+            &topology.callbacks_exchange,
+            &topology.dead_letter_exchange,
+            &topology.notifications_exchange,
+        ] {
+            let _ = self
+                .channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = self.amqp.close(200, "teardown".into()).await;
+        self.pool.close().await;
+        let admin = PgPool::connect(&format!("{PG_SERVER}/postgres")).await?;
+        // The name is ours (a UUID), not input: safe to splice into DDL.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"lastseen_test_{}\" WITH (FORCE)",
+            self.name
+        )))
+        .execute(&admin)
+        .await?;
+        admin.close().await;
+        Ok(())
+    }
+
+    /// Retry queues this test's consumers may have declared (found by listing them).
+    async fn retry_queue_names(&self) -> Vec<String> {
+        let output = tokio::process::Command::new("rabbitmqctl")
+            .args(["list_queues", "name", "--quiet", "--no-table-headers"])
+            .output()
+            .await;
+        let Ok(output) = output else {
+            return Vec::new();
+        };
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|q| q.starts_with(&format!("{}.checks.retry.", self.prefix)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// POSTs a JSON callback; returns the status and the body as JSON (or Null).
+pub async fn post_callback(
+    url: &str,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let client = reqwest::Client::new();
+    let mut request = client.post(url).body(body);
+    if let Some(ct) = content_type {
+        request = request.header("content-type", ct);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}

@@ -1,0 +1,163 @@
+//! Bad input on `/callback`: a 4xx with a JSON error, nothing published, and the
+//! producer keeps serving.
+
+use e2e::{Status, TestEnv, post_callback};
+use serde_json::json;
+
+/// Posts a bad body, checks the status and error code, that nothing was published, and
+/// that a good callback still works afterwards.
+async fn rejected(
+    content_type: Option<&str>,
+    body: Vec<u8>,
+    status: u16,
+    code: &str,
+    extra: &[&str],
+) -> anyhow::Result<()> {
+    let mut env = TestEnv::start(Status::default()).await?;
+    let url = env.start_producer(extra).await?;
+    let checks = env.topology().checks_queue;
+
+    let (got, error) = post_callback(&url, content_type, body).await?;
+    assert_eq!(got, status, "{error}");
+    assert_eq!(error["error"], code, "{error}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{error}"
+    );
+    assert_eq!(
+        env.ready(&checks).await?,
+        0,
+        "a rejected callback published messages"
+    );
+
+    let (ok, accepted) =
+        post_callback(&url, Some("application/json"), r#"{"object_ids":[7]}"#).await?;
+    assert_eq!((ok, accepted), (202, json!({ "accepted": 1 })));
+    assert_eq!(env.ready(&checks).await?, 1);
+    env.teardown().await
+}
+
+const JSON: Option<&str> = Some("application/json");
+
+#[tokio::test]
+async fn callback_with_malformed_json_is_rejected_and_publishes_nothing() -> anyhow::Result<()> {
+    rejected(
+        JSON,
+        b"{\"object_ids\": [1, 2".to_vec(),
+        400,
+        "malformed_json",
+        &[],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn callback_with_wrong_type_is_rejected_and_publishes_nothing() -> anyhow::Result<()> {
+    rejected(
+        JSON,
+        br#"{"object_ids": "1,2,3"}"#.to_vec(),
+        422,
+        "invalid_callback",
+        &[],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn callback_without_object_ids_is_rejected_and_publishes_nothing() -> anyhow::Result<()> {
+    rejected(
+        JSON,
+        br#"{"ids": [1, 2]}"#.to_vec(),
+        422,
+        "invalid_callback",
+        &[],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn callback_with_negative_id_is_rejected_and_publishes_nothing() -> anyhow::Result<()> {
+    rejected(
+        JSON,
+        br#"{"object_ids": [1, -2, 3]}"#.to_vec(),
+        422,
+        "invalid_callback",
+        &[],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn callback_with_non_integer_id_is_rejected_and_publishes_nothing() -> anyhow::Result<()> {
+    rejected(
+        JSON,
+        br#"{"object_ids": [1, 2.5]}"#.to_vec(),
+        422,
+        "invalid_callback",
+        &[],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn callback_with_id_above_bigint_is_rejected_and_publishes_nothing() -> anyhow::Result<()> {
+    rejected(
+        JSON,
+        br#"{"object_ids": [9223372036854775808]}"#.to_vec(),
+        422,
+        "invalid_callback",
+        &[],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn callback_with_non_json_content_type_is_rejected_and_publishes_nothing()
+-> anyhow::Result<()> {
+    rejected(
+        Some("text/plain"),
+        br#"{"object_ids": [1]}"#.to_vec(),
+        415,
+        "unsupported_media_type",
+        &[],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn callback_over_the_body_limit_is_rejected_and_publishes_nothing() -> anyhow::Result<()> {
+    let ids: Vec<i64> = (0..2000).collect();
+    let body = json!({ "object_ids": ids }).to_string().into_bytes();
+    rejected(
+        JSON,
+        body,
+        413,
+        "body_too_large",
+        &["--max-body-bytes=1024"],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn callback_of_ten_thousand_ids_is_accepted_whole() -> anyhow::Result<()> {
+    let mut env = TestEnv::start(Status::default()).await?;
+    let url = env.start_producer(&[]).await?;
+    let ids: Vec<i64> = (i64::MAX - 9_999..=i64::MAX).collect();
+    let (status, body) =
+        post_callback(&url, JSON, json!({ "object_ids": ids }).to_string()).await?;
+    assert_eq!((status, body), (202, json!({ "accepted": 10_000 })));
+    assert_eq!(env.ready(&env.topology().checks_queue).await?, 10_000);
+    env.teardown().await
+}
+
+#[tokio::test]
+async fn empty_and_duplicate_ids_are_accepted_as_distinct_ids() -> anyhow::Result<()> {
+    let mut env = TestEnv::start(Status::default()).await?;
+    let url = env.start_producer(&[]).await?;
+    let (status, body) = post_callback(&url, JSON, r#"{"object_ids":[]}"#).await?;
+    assert_eq!((status, body), (202, json!({ "accepted": 0 })));
+    let (status, body) = post_callback(&url, None, r#"{"object_ids":[5,5,0,5,0]}"#).await?;
+    assert_eq!((status, body), (202, json!({ "accepted": 2 })));
+    assert_eq!(env.ready(&env.topology().checks_queue).await?, 2);
+    env.teardown().await
+}

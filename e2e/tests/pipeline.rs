@@ -1,0 +1,151 @@
+//! End to end: callbacks in, rows out, expiry and its notifications.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use e2e::{Status, TestEnv, post_callback};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_ids_in_five_callbacks_store_exactly_the_even_ids_and_leave_no_message()
+-> anyhow::Result<()> {
+    let status = Status::default();
+    let longest_delay = Duration::from_millis(status.delay_max_ms);
+    let mut env = TestEnv::start(status).await?;
+    let url = env.start_producer(&[]).await?;
+    env.start_consumer(&[])?;
+    env.start_consumer(&[])?;
+
+    let started = tokio::time::Instant::now();
+    for chunk in (0..1000i64).collect::<Vec<_>>().chunks(200) {
+        let (code, body) = post_callback(
+            &url,
+            Some("application/json"),
+            json!({ "object_ids": chunk }).to_string(),
+        )
+        .await?;
+        assert_eq!(code, 202, "{body}");
+        assert_eq!(body, json!({ "accepted": 200 }));
+    }
+    let expected: Vec<i64> = (0..1000).filter(|id| id % 2 == 0).collect();
+    let stored = env
+        .eventually(
+            longest_delay + Duration::from_secs(2) - started.elapsed(),
+            || async { Ok(env.object_ids().await? == expected) },
+        )
+        .await?;
+    let ids = env.object_ids().await?;
+    assert!(
+        stored,
+        "after {:?}: {} rows, {} of them odd",
+        started.elapsed(),
+        ids.len(),
+        ids.iter().filter(|id| *id % 2 == 1).count()
+    );
+
+    // Stop the consumers: anything they still held unacked would become ready again.
+    let checks = env.topology().checks_queue;
+    env.stop(1).await?;
+    env.stop(2).await?;
+    assert_eq!(
+        env.ready(&checks).await?,
+        0,
+        "messages left on the work queue"
+    );
+    assert_eq!(env.ready(&env.topology().dead_letter_queue).await?, 0);
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_expire_between_two_and_three_seconds_after_last_sighting_with_one_notification_each()
+-> anyhow::Result<()> {
+    let mut env = TestEnv::start(Status {
+        delay_min_ms: 50,
+        delay_max_ms: 300,
+        ..Status::default()
+    })
+    .await?;
+    let url = env.start_producer(&[]).await?;
+    env.start_consumer(&[])?;
+    env.start_sweeper(&["--object-ttl-secs=2"])?;
+
+    let ids: Vec<i64> = (0..100).collect();
+    let (code, _) = post_callback(
+        &url,
+        Some("application/json"),
+        json!({ "object_ids": ids }).to_string(),
+    )
+    .await?;
+    assert_eq!(code, 202);
+    let stored = env
+        .eventually(Duration::from_secs(5), || async {
+            Ok(env.object_ids().await?.len() == 50)
+        })
+        .await?;
+    assert!(stored, "the 50 even ids were not stored");
+    let last_seen: HashMap<i64, DateTime<Utc>> =
+        sqlx::query_as("SELECT id, last_seen FROM objects")
+            .fetch_all(&env.pool)
+            .await?
+            .into_iter()
+            .collect();
+
+    // Watch the table: note when each row disappears.
+    let mut gone_at: HashMap<i64, DateTime<Utc>> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while gone_at.len() < last_seen.len() && tokio::time::Instant::now() < deadline {
+        let present = env.object_ids().await?;
+        let now = Utc::now();
+        for id in last_seen.keys() {
+            if !present.contains(id) {
+                gone_at.entry(*id).or_insert(now);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gone_at.len(), 50, "not every row expired");
+    for (id, gone) in &gone_at {
+        let after = (*gone - last_seen[id]).num_milliseconds();
+        assert!(
+            (2000..3000).contains(&after),
+            "id {id} disappeared {after} ms after its last sighting"
+        );
+    }
+
+    // Exactly one object.expired message per object, carrying its last_seen.
+    let queue = env.topology().notifications_queue;
+    let published = env
+        .eventually(Duration::from_secs(3), || async {
+            Ok(env.ready(&queue).await? >= 50)
+        })
+        .await?;
+    assert!(published, "notifications were not published");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let messages = env.drain(&queue).await?;
+    assert_eq!(messages.len(), 50, "one notification per expired object");
+    let mut per_id: HashMap<i64, usize> = HashMap::new();
+    for message in &messages {
+        assert_eq!(message.routing_key.as_str(), "object.expired");
+        assert!(
+            message.properties.message_id().is_some(),
+            "message_id is set"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&message.data)?;
+        let id = body["object_id"].as_i64().expect("object_id is an integer");
+        let seen: DateTime<Utc> = body["last_seen"].as_str().expect("last_seen").parse()?;
+        let expired: DateTime<Utc> = body["expired_at"].as_str().expect("expired_at").parse()?;
+        assert_eq!(
+            seen, last_seen[&id],
+            "id {id}: last_seen in the notification"
+        );
+        assert!(
+            (expired - seen).num_milliseconds() >= 2000,
+            "id {id} expired early"
+        );
+        *per_id.entry(id).or_default() += 1;
+    }
+    assert_eq!(per_id.len(), 50);
+    assert!(per_id.values().all(|n| *n == 1));
+    env.teardown().await
+}
