@@ -84,6 +84,7 @@ impl TestEnv {
             },
             fail_rate: status.fail_rate,
             hang_rate: 0.0,
+            delay_by_id: false,
         })
         .await?;
         let status_url = format!("http://{}", simulator.addr());

@@ -21,6 +21,8 @@ enum Command {
     Serve(tester::serve::ServeArgs),
     /// POST callbacks of random ids to the producer.
     Drive(tester::drive::DriveArgs),
+    /// Run the whole pipeline under load and report its figures (see `make bench`).
+    Bench(tester::bench::BenchArgs),
     /// Load the producer with concurrent callbacks and report their latency.
     Load(tester::load::LoadArgs),
 }
@@ -33,6 +35,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => tester::serve::run(args, shutdown).await,
         Command::Drive(args) => tester::drive::run(args, shutdown).await.map(|_| ()),
+        Command::Bench(args) => tester::bench::run(args, shutdown).await,
         Command::Load(args) => tester::load::run(args, shutdown).await.map(|report| {
             println!("{report}");
         }),

@@ -61,6 +61,20 @@ pub struct ServeArgs {
     /// Share of calls that never answer (0.0 to 1.0).
     #[arg(long, env = "STATUS_HANG_RATE", default_value_t = 0.0, value_parser = parse_rate)]
     pub hang_rate: f64,
+    /// Derive each id's delay from the id (same range, but repeatable), so a benchmark
+    /// knows every id's delay without asking.
+    #[arg(long, env = "STATUS_DELAY_BY_ID", default_value_t = false)]
+    pub delay_by_id: bool,
+}
+
+/// The delay an id gets with `--delay-by-id`: a hash of the id spread over the range.
+pub fn delay_for_id(id: i64, min_ms: u64, max_ms: u64) -> u64 {
+    // splitmix64: a cheap, well-mixed hash.
+    let mut z = (id as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    min_ms + z % (max_ms - min_ms + 1)
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -72,12 +86,43 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Counters of what the simulator answered.
+/// Counters of what the simulator answered, served at `GET /stats`.
 #[derive(Debug, Default)]
 pub struct ServeStats {
     pub answered: AtomicU64,
     pub failed: AtomicU64,
     pub hung: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub peak_in_flight: AtomicU64,
+}
+
+impl ServeStats {
+    fn snapshot(&self) -> serde_json::Value {
+        json!({
+            "answered": self.answered.load(Ordering::Relaxed),
+            "failed": self.failed.load(Ordering::Relaxed),
+            "hung": self.hung.load(Ordering::Relaxed),
+            "in_flight": self.in_flight.load(Ordering::Relaxed),
+            "peak_in_flight": self.peak_in_flight.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Counts a request in flight for as long as it lives (also when its client goes away).
+struct InFlight<'a>(&'a ServeStats);
+
+impl<'a> InFlight<'a> {
+    fn enter(stats: &'a ServeStats) -> Self {
+        let now = stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct SimState {
@@ -112,6 +157,7 @@ impl StatusSimulator {
         });
         let router = Router::new()
             .route("/objects/{id}", get(object_status))
+            .route("/stats", get(serve_stats))
             .with_state(state);
         Ok(Self {
             listener,
@@ -143,6 +189,10 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
         .await
 }
 
+async fn serve_stats(State(state): State<Arc<SimState>>) -> Json<serde_json::Value> {
+    Json(state.stats.snapshot())
+}
+
 async fn object_status(State(state): State<Arc<SimState>>, Path(raw): Path<String>) -> Response {
     let Some(id) = raw.parse::<i64>().ok().filter(|id| *id >= 0) else {
         return (
@@ -151,13 +201,16 @@ async fn object_status(State(state): State<Arc<SimState>>, Path(raw): Path<Strin
         )
             .into_response();
     };
+    let _in_flight = InFlight::enter(&state.stats);
     let args = &state.args;
     let (delay, roll) = {
         let mut rng = rand::rng();
-        (
-            rng.random_range(args.delay_min_ms..=args.delay_max_ms),
-            rng.random::<f64>(),
-        )
+        let delay = if args.delay_by_id {
+            delay_for_id(id, args.delay_min_ms, args.delay_max_ms)
+        } else {
+            rng.random_range(args.delay_min_ms..=args.delay_max_ms)
+        };
+        (delay, rng.random::<f64>())
     };
     if roll < args.hang_rate {
         state.stats.hung.fetch_add(1, Ordering::Relaxed);
