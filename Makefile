@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test services build lint latency run-check compose-check ci clean-test-leftovers
+.PHONY: run test services build lint latency run-check compose-check ci bench
 
 ## run: install/start PostgreSQL and RabbitMQ if needed, build, start the whole pipeline
 run: services build
@@ -37,3 +37,7 @@ compose-check:
 	docker-compose config -q
 
 ci: lint test compose-check run-check
+
+## bench: the pipeline under load (BENCH_SECS, BENCH_RATE, or BENCH_RATES=a,b,c for a sweep)
+bench: services build
+	@scripts/bench.sh

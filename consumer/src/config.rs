@@ -18,10 +18,18 @@ pub struct Config {
     #[arg(long, env = "STATUS_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_millis)]
     pub status_timeout_ms: Duration,
 
-    /// Unacknowledged messages RabbitMQ hands this process at once: this bounds the
-    /// status checks in flight (each takes 0.3 to 4.3 s, so throughput needs many).
-    #[arg(long, env = "PREFETCH", default_value_t = 5000, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Unacknowledged messages RabbitMQ hands this process at once: with the ids per
+    /// message, this bounds the status checks in flight (each takes 0.3 to 4.3 s, so
+    /// throughput needs many: 500 messages of 50 ids = 25,000 checks, of which
+    /// `MAX_CHECKS_IN_FLIGHT` run at once). A message stays unacked until its slowest
+    /// id is settled, so prefetch must exceed the checks wanted in flight.
+    #[arg(long, env = "PREFETCH", default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
+
+    /// Most status calls in flight in this process, and so most HTTP connections to the
+    /// status service (HTTP/1.1 needs one per call in flight; each uses an ephemeral port).
+    #[arg(long, env = "MAX_CHECKS_IN_FLIGHT", default_value_t = 12_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_checks_in_flight: u32,
 
     /// Most rows in one upsert statement.
     #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]

@@ -7,8 +7,8 @@ use chrono::Utc;
 use futures::future::join_all;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lastseen::CheckMessage;
 use lastseen::store::objects::Sighting;
+use lastseen::{CheckMessage, ObjectId};
 
 use crate::retry::{Outcome, Retrier, attempt_of};
 use crate::status::StatusClient;
@@ -20,6 +20,8 @@ pub struct Context {
     /// since lapin closes a channel when its last handle goes and acks would then fail.
     pub channel: lapin::Channel,
     pub status: StatusClient,
+    /// Status calls this process may have in flight (see `MAX_CHECKS_IN_FLIGHT`).
+    pub check_slots: Arc<tokio::sync::Semaphore>,
     pub writer: LastSeenWriter,
     pub retrier: Retrier,
 }
@@ -45,30 +47,29 @@ pub async fn handle(delivery: Delivery, ctx: Arc<Context>) {
         }
     };
 
-    let answers = join_all(message.object_ids.iter().map(|&id| {
-        let status = &ctx.status;
-        async move { (id, status.is_online(id).await, Utc::now()) }
-    }))
+    // Every id is checked, and if online recorded, on its own: a fast answer is written
+    // without waiting for the slowest id of its message. The message is acked once all
+    // its ids are settled.
+    let outcomes = join_all(
+        message
+            .object_ids
+            .iter()
+            .map(|&id| check_and_record(id, &ctx)),
+    )
     .await;
-
-    let mut sightings = Vec::new();
     let mut failed = Vec::new();
     let mut reason = String::new();
-    for (id, answer, seen_at) in answers {
-        match answer {
-            Ok(true) => sightings.push(Sighting { id, seen_at }),
-            Ok(false) => {}
-            Err(err) => {
-                tracing::debug!(error = %err, attempt, "status check failed");
-                reason = err.to_string();
-                failed.push(id);
+    for (id, outcome) in message.object_ids.iter().zip(outcomes) {
+        match outcome {
+            Settled::Stored | Settled::Offline => {}
+            Settled::Failed(why) => {
+                tracing::debug!(%why, attempt, "status check failed");
+                reason = why;
+                failed.push(*id);
             }
+            // Shutting down before commit: leave the message unacked for redelivery.
+            Settled::WriterStopped => return,
         }
-    }
-
-    if !sightings.is_empty() && ctx.writer.record(sightings).await.is_err() {
-        // Shutting down before commit: leave the message unacked for redelivery.
-        return;
     }
     if !failed.is_empty() {
         let retry = CheckMessage {
@@ -90,6 +91,36 @@ pub async fn handle(delivery: Delivery, ctx: Arc<Context>) {
         }
     }
     ack(&delivery).await;
+}
+
+/// How one id of a message ended.
+enum Settled {
+    Stored,
+    Offline,
+    Failed(String),
+    WriterStopped,
+}
+
+async fn check_and_record(id: ObjectId, ctx: &Context) -> Settled {
+    let answer = {
+        // Bounds the status calls (and so the HTTP connections) of this process.
+        let _permit = ctx.check_slots.acquire().await;
+        ctx.status.is_online(id).await
+    };
+    match answer {
+        Ok(true) => {
+            let sighting = Sighting {
+                id,
+                seen_at: Utc::now(),
+            };
+            match ctx.writer.record(vec![sighting]).await {
+                Ok(()) => Settled::Stored,
+                Err(_) => Settled::WriterStopped,
+            }
+        }
+        Ok(false) => Settled::Offline,
+        Err(err) => Settled::Failed(err.to_string()),
+    }
 }
 
 async fn ack(delivery: &Delivery) {

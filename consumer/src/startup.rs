@@ -30,10 +30,8 @@ impl Application {
     /// Consumes until `shutdown` fires, reconnecting after any RabbitMQ failure.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config;
-        match rlimit::increase_nofile_limit(u64::MAX) {
-            Ok(limit) => tracing::debug!(limit, "open-file limit raised"),
-            Err(err) => tracing::warn!(error = %err, "could not raise the open-file limit"),
-        }
+        let open_files = lastseen::limits::raise_open_files();
+        tracing::debug!(open_files, "open-file limit");
         let status = StatusClient::new(config.status_url.clone(), config.status_timeout_ms)
             .context("cannot build the status service client")?;
         let pool = match lastseen::db::connect_and_migrate(&config.database, &shutdown).await {
@@ -57,6 +55,9 @@ impl Application {
             &tracker,
         );
 
+        let check_slots = Arc::new(tokio::sync::Semaphore::new(
+            config.max_checks_in_flight as usize,
+        ));
         let mut connection = None;
         let mut last_session = None;
         while !shutdown.is_cancelled() {
@@ -68,7 +69,15 @@ impl Application {
                 Err(err) => return Err(err.into()),
             };
             match consume(
-                &conn, &config, &topology, policy, &status, &writer, &tracker, &shutdown,
+                &conn,
+                &config,
+                &topology,
+                policy,
+                &status,
+                &check_slots,
+                &writer,
+                &tracker,
+                &shutdown,
             )
             .await
             {
@@ -120,6 +129,7 @@ async fn consume(
     topology: &Topology,
     policy: RetryPolicy,
     status: &StatusClient,
+    check_slots: &Arc<tokio::sync::Semaphore>,
     writer: &LastSeenWriter,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
@@ -135,6 +145,7 @@ async fn consume(
     let ctx = Arc::new(Context {
         channel: channel.clone(),
         status: status.clone(),
+        check_slots: check_slots.clone(),
         writer: writer.clone(),
         retrier: Retrier {
             channel: amqp::confirm_channel(conn).await?,

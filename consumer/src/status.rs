@@ -41,7 +41,7 @@ impl StatusClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .build()?;
         Ok(Self { http, base })

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 /// Requests queued for the writer beyond which message tasks wait: while PostgreSQL is
 /// down, this (with the prefetch) stops the consumer from taking more work.
-const QUEUED_REQUESTS: usize = 10_000;
+const QUEUED_REQUESTS: usize = 50_000;
 
 /// The writer stopped (shutdown) before the rows were committed; the message must not
 /// be acked.

@@ -141,7 +141,7 @@ async fn callback_over_the_body_limit_is_rejected_and_publishes_nothing() -> any
 #[tokio::test]
 async fn callback_of_ten_thousand_ids_is_accepted_whole() -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::default()).await?;
-    let url = env.start_producer(&[]).await?;
+    let url = env.start_producer(&["--ids-per-message=1"]).await?;
     let ids: Vec<i64> = (i64::MAX - 9_999..=i64::MAX).collect();
     let (status, body) =
         post_callback(&url, JSON, json!({ "object_ids": ids }).to_string()).await?;
@@ -153,7 +153,7 @@ async fn callback_of_ten_thousand_ids_is_accepted_whole() -> anyhow::Result<()> 
 #[tokio::test]
 async fn empty_and_duplicate_ids_are_accepted_as_distinct_ids() -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::default()).await?;
-    let url = env.start_producer(&[]).await?;
+    let url = env.start_producer(&["--ids-per-message=1"]).await?;
     let (status, body) = post_callback(&url, JSON, r#"{"object_ids":[]}"#).await?;
     assert_eq!((status, body), (202, json!({ "accepted": 0 })));
     let (status, body) = post_callback(&url, None, r#"{"object_ids":[5,5,0,5,0]}"#).await?;

@@ -5,6 +5,7 @@ pub mod amqp;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod limits;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

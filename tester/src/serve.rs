@@ -146,7 +146,7 @@ impl StatusSimulator {
                 args.delay_max_ms
             );
         }
-        let _ = rlimit::increase_nofile_limit(u64::MAX);
+        lastseen::limits::raise_open_files();
         let listener = TcpListener::bind(args.addr)
             .await
             .with_context(|| format!("cannot listen on STATUS_ADDR {}", args.addr))?;

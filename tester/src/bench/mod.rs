@@ -44,11 +44,15 @@ pub struct BenchArgs {
     /// Consumer processes.
     #[arg(long, env = "BENCH_CONSUMERS", default_value_t = 2)]
     pub consumers: usize,
+    /// Status simulator processes (consumer i talks to simulator i mod n). One process
+    /// holds at most its open-file limit of connections, one per call in flight.
+    #[arg(long, env = "BENCH_STATUS_PROCS", default_value_t = 2)]
+    pub status_procs: usize,
     /// Ids per check message, passed to the producer as IDS_PER_MESSAGE.
-    #[arg(long, env = "BENCH_IDS_PER_MESSAGE", default_value_t = 1)]
+    #[arg(long, env = "BENCH_IDS_PER_MESSAGE", default_value_t = 50)]
     pub ids_per_message: u32,
     /// Prefetch per consumer, passed as PREFETCH.
-    #[arg(long, env = "BENCH_PREFETCH", default_value_t = 15_000)]
+    #[arg(long, env = "BENCH_PREFETCH", default_value_t = 500)]
     pub prefetch: u16,
     /// Status delay range (ms), as the status service's.
     #[arg(long, env = "BENCH_DELAY_MIN_MS", default_value_t = 300)]
@@ -90,13 +94,13 @@ pub struct BenchArgs {
 /// Ports the benchmark's processes use, away from `make run`'s.
 const CALLBACK_PORT: u16 = 19190;
 const STATUS_PORT: u16 = 19110;
-const RAW_STATUS_PORT: u16 = 19111;
+const RAW_STATUS_PORT: u16 = 19100;
 const PREFIX: &str = "bench";
 
 /// Runs the benchmark (one rate, or a sweep) and writes the report.
 pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(args.out.join("logs")).context("cannot create the report folder")?;
-    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    lastseen::limits::raise_open_files();
     let raw = if args.skip_raw {
         None
     } else {
@@ -239,19 +243,25 @@ async fn run_once(
         env
     };
     let mut pipeline = procs::Pipeline { procs: Vec::new() };
-    pipeline.spawn(
-        "status",
-        &procs::binary(&args.bin, "tester"),
-        &["serve"],
-        &with(&[
-            ("STATUS_ADDR", format!("127.0.0.1:{STATUS_PORT}")),
-            ("STATUS_DELAY_MIN_MS", args.delay_min_ms.to_string()),
-            ("STATUS_DELAY_MAX_MS", args.delay_max_ms.to_string()),
-            ("STATUS_ONLINE", "all".into()),
-            ("STATUS_DELAY_BY_ID", "true".into()),
-        ]),
-        &logs,
-    )?;
+    let status_procs = args.status_procs.max(1);
+    for i in 0..status_procs {
+        pipeline.spawn(
+            &format!("status-{}", i + 1),
+            &procs::binary(&args.bin, "tester"),
+            &["serve"],
+            &with(&[
+                (
+                    "STATUS_ADDR",
+                    format!("127.0.0.1:{}", STATUS_PORT + i as u16),
+                ),
+                ("STATUS_DELAY_MIN_MS", args.delay_min_ms.to_string()),
+                ("STATUS_DELAY_MAX_MS", args.delay_max_ms.to_string()),
+                ("STATUS_ONLINE", "all".into()),
+                ("STATUS_DELAY_BY_ID", "true".into()),
+            ]),
+            &logs,
+        )?;
+    }
     pipeline.spawn(
         "producer",
         &procs::binary(&args.bin, "producer"),
@@ -268,7 +278,13 @@ async fn run_once(
             &procs::binary(&args.bin, "consumer"),
             &[],
             &with(&[
-                ("STATUS_URL", format!("http://127.0.0.1:{STATUS_PORT}")),
+                (
+                    "STATUS_URL",
+                    format!(
+                        "http://127.0.0.1:{}",
+                        STATUS_PORT + ((i - 1) % status_procs) as u16
+                    ),
+                ),
                 ("PREFETCH", args.prefetch.to_string()),
             ]),
             &logs,
@@ -282,8 +298,12 @@ async fn run_once(
         &logs,
     )?;
 
-    let status_stats = format!("http://127.0.0.1:{STATUS_PORT}/stats");
-    observe::wait_http(&status_stats).await?;
+    let status_stats: Vec<String> = (0..status_procs)
+        .map(|i| format!("http://127.0.0.1:{}/stats", STATUS_PORT + i as u16))
+        .collect();
+    for url in &status_stats {
+        observe::wait_http(url).await?;
+    }
     observe::wait_http(&format!("http://127.0.0.1:{CALLBACK_PORT}/readyz")).await?;
     // Give the consumers a moment to subscribe.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -53,7 +53,7 @@ pub struct Observer {
     pub amqp_url: String,
     pub checks_queue: String,
     pub management_url: String,
-    pub status_stats: String,
+    pub status_stats: Vec<String>,
     pub delay_min_ms: u64,
     pub delay_max_ms: u64,
 }
@@ -188,6 +188,7 @@ impl Observer {
         if let (Some(last), Ok(stored)) = (samples.last_mut(), self.stored().await) {
             last.ids_stored = stored.saturating_sub(stored_base);
         }
+        let _ = channel.close(200, "done".into()).await;
         let _ = amqp.close(200, "done".into()).await;
         lag_lost += pending.len() as u64;
         Ok(Observed {
@@ -243,19 +244,14 @@ impl Observer {
         body["messages_unacknowledged"].as_u64()
     }
 
-    /// (in flight, peak in flight) at the status simulator.
+    /// (in flight, sum of the peaks in flight) over the status simulators.
     async fn simulator(&self, http: &reqwest::Client) -> Option<(u64, u64)> {
-        let body: serde_json::Value = http
-            .get(&self.status_stats)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        Some((
-            body["in_flight"].as_u64()?,
-            body["peak_in_flight"].as_u64()?,
-        ))
+        let mut total = (0, 0);
+        for url in &self.status_stats {
+            let body: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
+            total.0 += body["in_flight"].as_u64()?;
+            total.1 += body["peak_in_flight"].as_u64()?;
+        }
+        Some(total)
     }
 }
