@@ -28,7 +28,7 @@ pub struct Config {
 
     /// Most status calls in flight in this process, and so most HTTP connections to the
     /// status service (HTTP/1.1 needs one per call in flight; each uses an ephemeral port).
-    #[arg(long, env = "MAX_CHECKS_IN_FLIGHT", default_value_t = 12_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "MAX_CHECKS_IN_FLIGHT", default_value_t = 15_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_checks_in_flight: u32,
 
     /// Most rows in one upsert statement.
@@ -36,7 +36,7 @@ pub struct Config {
     pub batch_max_rows: u32,
 
     /// Longest a sighting waits for its batch to fill before it is written (milliseconds).
-    #[arg(long, env = "BATCH_FLUSH_MS", default_value = "20", value_parser = parse_positive_millis)]
+    #[arg(long, env = "BATCH_FLUSH_MS", default_value = "20", value_parser = parse_flush_millis)]
     pub batch_flush_ms: Duration,
 
     /// Checks of one message (failed status calls) before it goes to the dead-letter queue.
@@ -67,6 +67,14 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+fn parse_flush_millis(s: &str) -> Result<Duration, String> {
+    let d = parse_positive_millis(s)?;
+    if d > Duration::from_secs(60) {
+        return Err("must be at most 60000".into());
+    }
+    Ok(d)
 }
 
 fn parse_status_url(s: &str) -> Result<reqwest::Url, String> {

@@ -24,6 +24,9 @@ pub struct Context {
     pub check_slots: Arc<tokio::sync::Semaphore>,
     pub writer: LastSeenWriter,
     pub retrier: Retrier,
+    /// Cancelled when forwarding to retry failed: the session is then renewed, so its
+    /// queues are declared again, instead of requeueing every failure forever.
+    pub session_failed: tokio_util::sync::CancellationToken,
 }
 
 /// Handles one delivery to the end: acked once durable, or left unacked (and so
@@ -41,7 +44,10 @@ pub async fn handle(delivery: Delivery, ctx: Arc<Context>) {
                 .await
             {
                 Ok(()) => ack(&delivery).await,
-                Err(err) => requeue(&delivery, &err.to_string()).await,
+                Err(err) => {
+                    ctx.session_failed.cancel();
+                    requeue(&delivery, &err.to_string()).await;
+                }
             }
             return;
         }
@@ -87,7 +93,10 @@ pub async fn handle(delivery: Delivery, ctx: Arc<Context>) {
             Ok(Outcome::DeadLettered) => {
                 tracing::warn!(ids = ?retry.object_ids, attempt, %reason, "check failed for the last time, dead-lettered");
             }
-            Err(err) => return requeue(&delivery, &err.to_string()).await,
+            Err(err) => {
+                ctx.session_failed.cancel();
+                return requeue(&delivery, &err.to_string()).await;
+            }
         }
     }
     ack(&delivery).await;

@@ -50,9 +50,21 @@ pub struct Retrier {
     pub channel: Channel,
     pub topology: Topology,
     pub policy: RetryPolicy,
+    /// One publish at a time: lapin cannot tell which publish a returned (unroutable)
+    /// message belongs to, so only one may be awaiting its confirm.
+    publishing: tokio::sync::Mutex<()>,
 }
 
 impl Retrier {
+    pub fn new(channel: Channel, topology: Topology, policy: RetryPolicy) -> Self {
+        Self {
+            channel,
+            topology,
+            policy,
+            publishing: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// Sends `message` (holding only the failed ids) to retry after `attempt`, or to the
     /// dead-letter queue if that was the last attempt; returns once confirmed.
     pub async fn retry_or_dead_letter(
@@ -69,6 +81,7 @@ impl Retrier {
         let delay = self.policy.delay(attempt);
         let queue = self.topology.retry_queue(delay);
         let properties = with_headers(attempt + 1, reason);
+        let _one_at_a_time = self.publishing.lock().await;
         amqp::publish_mandatory(&self.channel, "", &queue, &body, properties)
             .await?
             .await?;

@@ -2,12 +2,15 @@
 //! the work queue, and on shutdown drain in-flight checks within a bound.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use backon::BackoffBuilder;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lastseen::amqp::{self, no_args};
 use lastseen::topology::Topology;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,9 +20,23 @@ use crate::retry::{Retrier, RetryPolicy};
 use crate::status::StatusClient;
 use crate::writer::LastSeenWriter;
 
+/// A session that lasted this long was healthy: the reconnect backoff starts over.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
 /// A consumer process, built from its configuration.
 pub struct Application {
     config: Config,
+}
+
+/// What every session of the process shares.
+struct Shared {
+    config: Config,
+    topology: Topology,
+    policy: RetryPolicy,
+    status: StatusClient,
+    check_slots: Arc<Semaphore>,
+    writer: LastSeenWriter,
+    tracker: TaskTracker,
 }
 
 impl Application {
@@ -39,64 +56,70 @@ impl Application {
             Err(lastseen::db::DbError::Cancelled) => return Ok(()),
             Err(err) => return Err(err.into()),
         };
-        let topology = Topology::new(&config.topology);
-        let policy = RetryPolicy {
-            base: config.retry_base_ms,
-            max: config.retry_max_ms,
-            max_attempts: config.max_attempts,
-        };
-        let tracker = TaskTracker::new();
         let abandon = CancellationToken::new();
-        let writer = LastSeenWriter::spawn(
+        let (writer, writer_task) = LastSeenWriter::spawn(
             pool.clone(),
             config.batch_max_rows as usize,
             config.batch_flush_ms,
             abandon.clone(),
-            &tracker,
         );
+        let shared = Shared {
+            topology: Topology::new(&config.topology),
+            policy: RetryPolicy {
+                base: config.retry_base_ms,
+                max: config.retry_max_ms,
+                max_attempts: config.max_attempts,
+            },
+            status,
+            check_slots: Arc::new(Semaphore::new(config.max_checks_in_flight as usize)),
+            writer,
+            tracker: TaskTracker::new(),
+            config,
+        };
 
-        let check_slots = Arc::new(tokio::sync::Semaphore::new(
-            config.max_checks_in_flight as usize,
-        ));
         let mut connection = None;
         let mut last_session = None;
+        let mut backoff = amqp::reconnect_backoff().build();
         while !shutdown.is_cancelled() {
-            let conn = match amqp::connect_with_retry(&config.amqp.amqp_url, "consumer", &shutdown)
-                .await
-            {
-                Ok(conn) => conn,
-                Err(amqp::AmqpError::Cancelled) => break,
-                Err(err) => return Err(err.into()),
-            };
-            match consume(
-                &conn,
-                &config,
-                &topology,
-                policy,
-                &status,
-                &check_slots,
-                &writer,
-                &tracker,
-                &shutdown,
-            )
-            .await
-            {
+            let conn =
+                match amqp::connect_with_retry(&shared.config.amqp.amqp_url, "consumer", &shutdown)
+                    .await
+                {
+                    Ok(conn) => conn,
+                    Err(amqp::AmqpError::Cancelled) => break,
+                    Err(err) => return Err(err.into()),
+                };
+            let started = tokio::time::Instant::now();
+            match consume(&conn, &shared, &shutdown).await {
                 Ok(session) => last_session = Some(session),
                 Err(err) => tracing::warn!(error = %err, "RabbitMQ session ended, reconnecting"),
             }
-            connection = Some(conn);
+            if let Some(old) = connection.replace(conn) {
+                let _ = old.close(200, "session renewed".into()).await;
+            }
+            if started.elapsed() > HEALTHY_SESSION {
+                backoff = amqp::reconnect_backoff().build();
+            }
             if !shutdown.is_cancelled() {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => {}
+                }
             }
         }
 
         // Shutdown: the subscription is cancelled; let in-flight checks commit and ack.
+        let Shared {
+            config,
+            writer,
+            tracker,
+            ..
+        } = shared;
         drop(writer);
         tracker.close();
-        if tokio::time::timeout(config.shutdown_timeout_ms, tracker.wait())
-            .await
-            .is_err()
-        {
+        let grace = config.shutdown_timeout_ms;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!("in-flight checks did not finish in time; they will be redelivered");
             abandon.cancel();
         }
@@ -111,6 +134,10 @@ impl Application {
                 .close(200, "consumer shutting down".into())
                 .await;
         }
+        // The last writer handle is gone with the session: the writer finishes its batch.
+        if tokio::time::timeout(grace, writer_task).await.is_err() {
+            abandon.cancel();
+        }
         if let Some(conn) = connection {
             let _ = conn.close(200, "consumer shutting down".into()).await;
         }
@@ -120,57 +147,55 @@ impl Application {
     }
 }
 
-/// One AMQP session: declare, subscribe, dispatch deliveries until the stream ends or
-/// shutdown; returns `Ok` (with the session, to close it once drained) only on shutdown.
-#[allow(clippy::too_many_arguments)]
+/// One AMQP session: declare, subscribe, dispatch deliveries until the stream ends, a
+/// forward to retry fails, or shutdown. Returns the session (to close it once drained)
+/// only on shutdown.
 async fn consume(
     conn: &lapin::Connection,
-    config: &Config,
-    topology: &Topology,
-    policy: RetryPolicy,
-    status: &StatusClient,
-    check_slots: &Arc<tokio::sync::Semaphore>,
-    writer: &LastSeenWriter,
-    tracker: &TaskTracker,
+    shared: &Shared,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<Context>> {
     let channel = conn.create_channel().await?;
-    topology.declare(&channel).await?;
-    for delay in policy.delays() {
-        topology.declare_retry_queue(&channel, delay).await?;
+    shared.topology.declare(&channel).await?;
+    for delay in shared.policy.delays() {
+        shared.topology.declare_retry_queue(&channel, delay).await?;
     }
     channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .basic_qos(shared.config.prefetch, BasicQosOptions::default())
         .await?;
     let ctx = Arc::new(Context {
         channel: channel.clone(),
-        status: status.clone(),
-        check_slots: check_slots.clone(),
-        writer: writer.clone(),
-        retrier: Retrier {
-            channel: amqp::confirm_channel(conn).await?,
-            topology: topology.clone(),
-            policy,
-        },
+        status: shared.status.clone(),
+        check_slots: shared.check_slots.clone(),
+        writer: shared.writer.clone(),
+        retrier: Retrier::new(
+            amqp::confirm_channel(conn).await?,
+            shared.topology.clone(),
+            shared.policy,
+        ),
+        session_failed: CancellationToken::new(),
     });
     let mut consumer = channel
         .basic_consume(
-            topology.checks_queue.as_str().into(),
+            shared.topology.checks_queue.as_str().into(),
             "".into(),
             BasicConsumeOptions::default(),
             no_args(),
         )
         .await?;
-    tracing::info!(queue = %topology.checks_queue, prefetch = config.prefetch, "consuming");
+    tracing::info!(queue = %shared.topology.checks_queue, prefetch = shared.config.prefetch, "consuming");
     loop {
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    tracker.spawn(delivery::handle(delivery, ctx.clone()));
+                    shared.tracker.spawn(delivery::handle(delivery, ctx.clone()));
                 }
                 Some(Err(err)) => return Err(err.into()),
                 None => anyhow::bail!("the subscription was closed by RabbitMQ"),
             },
+            () = ctx.session_failed.cancelled() => {
+                anyhow::bail!("forwarding a failed check to retry failed; renewing the session")
+            }
             () = shutdown.cancelled() => {
                 let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
                 return Ok(ctx);

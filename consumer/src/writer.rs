@@ -7,9 +7,9 @@ use backon::{ExponentialBuilder, Retryable};
 use lastseen::store::objects::{self, Sighting};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Requests queued for the writer beyond which message tasks wait: while PostgreSQL is
 /// down, this (with the prefetch) stops the consumer from taking more work.
@@ -40,11 +40,10 @@ impl LastSeenWriter {
         max_rows: usize,
         flush_after: Duration,
         abandon: CancellationToken,
-        tracker: &TaskTracker,
-    ) -> Self {
+    ) -> (Self, JoinHandle<()>) {
         let (requests, rx) = mpsc::channel(QUEUED_REQUESTS);
-        tracker.spawn(run(pool, rx, max_rows.max(1), flush_after, abandon));
-        Self { requests }
+        let task = tokio::spawn(run(pool, rx, max_rows.max(1), flush_after, abandon));
+        (Self { requests }, task)
     }
 
     /// Records sightings and returns once they are committed.

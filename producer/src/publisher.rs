@@ -1,116 +1,184 @@
-//! Publishing check messages with publisher confirms over a small pool of channels,
-//! reconnecting to RabbitMQ after any failure.
+//! Publishing check messages with publisher confirms. A background task keeps one
+//! connection with a pool of confirm-mode channels alive, reconnecting with backoff;
+//! each callback borrows a channel for itself, so a message RabbitMQ returns as
+//! unroutable can only fail the callback that published it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use backon::BackoffBuilder;
 use futures::future::try_join_all;
 use lapin::{Channel, Connection};
 use lastseen::CheckMessage;
 use lastseen::amqp::{self, AmqpError};
 use lastseen::topology::{CHECK_ROUTING_KEY, Topology};
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::{Mutex, Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 /// Why a batch was not (or not provably) stored by RabbitMQ.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error(transparent)]
     Amqp(#[from] AmqpError),
+    #[error("RabbitMQ is not connected")]
+    NotConnected,
     #[error("RabbitMQ did not confirm within the publish timeout")]
     Timeout,
 }
 
-/// A live connection and its confirm-mode channels.
+/// A live connection and its confirm-mode channels, each lent to one callback at a time.
 struct Session {
     connection: Connection,
-    channels: Vec<Channel>,
+    channels: Vec<Mutex<Channel>>,
 }
 
 impl Session {
     fn is_usable(&self) -> bool {
-        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+        self.connection.status().connected()
     }
 }
 
 /// Publishes check messages durably: persistent, mandatory, confirmed.
 pub struct CallbackPublisher {
+    session: watch::Receiver<Option<Arc<Session>>>,
+    session_tx: watch::Sender<Option<Arc<Session>>>,
+    /// Wakes the connection keeper when a publish found the session broken.
+    broken: Notify,
+    next_channel: AtomicUsize,
     amqp_url: String,
     topology: Topology,
     channel_count: usize,
-    session: RwLock<Option<Arc<Session>>>,
-    /// Only one task reconnects at a time; the others wait for its result.
-    reconnecting: Mutex<()>,
-    next_channel: AtomicUsize,
 }
 
 impl CallbackPublisher {
-    pub fn new(amqp_url: String, topology: Topology, channel_count: usize) -> Self {
-        Self {
+    pub fn new(amqp_url: String, topology: Topology, channel_count: usize) -> Arc<Self> {
+        let (session_tx, session) = watch::channel(None);
+        Arc::new(Self {
+            session,
+            session_tx,
+            broken: Notify::new(),
+            next_channel: AtomicUsize::new(0),
             amqp_url,
             topology,
             channel_count: channel_count.max(1),
-            session: RwLock::new(None),
-            reconnecting: Mutex::new(()),
-            next_channel: AtomicUsize::new(0),
+        })
+    }
+
+    /// Keeps a usable session until `shutdown`: connects, declares the topology, and
+    /// reconnects with backoff and jitter whenever the session breaks.
+    pub async fn keep_connected(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = amqp::reconnect_backoff().build();
+        while !shutdown.is_cancelled() {
+            if self.current().is_some() {
+                tokio::select! {
+                    () = self.broken.notified() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            match self.connect().await {
+                Ok(session) => {
+                    tracing::info!(channels = session.channels.len(), "connected to RabbitMQ");
+                    self.session_tx.send_replace(Some(session));
+                    backoff = amqp::reconnect_backoff().build();
+                }
+                Err(err) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(error = %err, ?delay, "RabbitMQ not reachable, retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            }
         }
     }
 
-    /// True when the publisher holds a usable connection to RabbitMQ.
-    pub async fn is_connected(&self) -> bool {
-        self.session
-            .read()
-            .await
-            .as_ref()
-            .is_some_and(|s| s.is_usable())
-    }
-
-    /// Makes sure a usable session exists, connecting (once, without retrying) if not.
-    pub async fn ensure_connected(&self) -> Result<(), AmqpError> {
-        self.session().await.map(|_| ())
-    }
-
-    async fn session(&self) -> Result<Arc<Session>, AmqpError> {
-        if let Some(session) = self.session.read().await.as_ref()
-            && session.is_usable()
-        {
-            return Ok(session.clone());
-        }
-        let _guard = self.reconnecting.lock().await;
-        // Another task may have reconnected while this one waited for the lock.
-        if let Some(session) = self.session.read().await.as_ref()
-            && session.is_usable()
-        {
-            return Ok(session.clone());
-        }
+    async fn connect(&self) -> Result<Arc<Session>, AmqpError> {
         let connection = amqp::connect(&self.amqp_url, "producer").await?;
         let mut channels = Vec::with_capacity(self.channel_count);
         for _ in 0..self.channel_count {
             channels.push(amqp::confirm_channel(&connection).await?);
         }
         self.topology.declare(&channels[0]).await?;
-        tracing::info!(channels = channels.len(), "connected to RabbitMQ");
-        let session = Arc::new(Session {
+        Ok(Arc::new(Session {
             connection,
-            channels,
-        });
-        *self.session.write().await = Some(session.clone());
-        Ok(session)
+            channels: channels.into_iter().map(Mutex::new).collect(),
+        }))
     }
 
-    /// Publishes every message and returns once RabbitMQ has confirmed and routed all.
-    pub async fn publish(&self, messages: &[CheckMessage]) -> Result<(), PublishError> {
+    /// The usable session, if any.
+    fn current(&self) -> Option<Arc<Session>> {
+        self.session
+            .borrow()
+            .as_ref()
+            .filter(|s| s.is_usable())
+            .cloned()
+    }
+
+    /// True when the publisher holds a usable connection to RabbitMQ.
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// Waits for a usable session, at most `wait`.
+    async fn wait_for_session(&self, wait: Duration) -> Option<Arc<Session>> {
+        if let Some(session) = self.current() {
+            return Some(session);
+        }
+        self.broken.notify_one();
+        let mut rx = self.session.clone();
+        tokio::time::timeout(wait, async {
+            loop {
+                if let Some(session) = rx.borrow_and_update().as_ref().filter(|s| s.is_usable()) {
+                    return Some(session.clone());
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Publishes every message and returns once RabbitMQ has confirmed and routed all,
+    /// within `bound` (waiting for a connection included).
+    pub async fn publish(
+        &self,
+        messages: &[CheckMessage],
+        bound: Duration,
+    ) -> Result<(), PublishError> {
         if messages.is_empty() {
             return Ok(());
         }
-        let session = self.session().await?;
-        let index = self.next_channel.fetch_add(1, Ordering::Relaxed) % session.channels.len();
-        let channel = &session.channels[index];
-        let result = self.publish_on(channel, messages).await;
+        let started = tokio::time::Instant::now();
+        let session = self
+            .wait_for_session(bound)
+            .await
+            .ok_or(PublishError::NotConnected)?;
+        let start = self.next_channel.fetch_add(1, Ordering::Relaxed);
+        let slots = &session.channels;
+        // Borrow a free channel if there is one, else wait for the next in turn.
+        let channel =
+            match (0..slots.len()).find_map(|i| slots[(start + i) % slots.len()].try_lock().ok()) {
+                Some(guard) => guard,
+                None => slots[start % slots.len()].lock().await,
+            };
+        let remaining = bound.saturating_sub(started.elapsed());
+        let result =
+            match tokio::time::timeout(remaining, self.publish_on(&channel, messages)).await {
+                Ok(result) => result.map_err(PublishError::from),
+                Err(_) => Err(PublishError::Timeout),
+            };
         if let Err(err) = &result {
             tracing::warn!(error = %err, "publish failed; the session will be renewed");
-            self.discard(&session).await;
+            self.discard(&session);
         }
-        result.map_err(PublishError::from)
+        result
     }
 
     async fn publish_on(
@@ -136,31 +204,34 @@ impl CallbackPublisher {
         Ok(())
     }
 
-    /// Drops a session that failed, unless another task already replaced it.
-    pub(crate) async fn discard_current(&self) {
-        let current = self.session.read().await.clone();
-        if let Some(session) = current {
-            self.discard(&session).await;
-        }
-    }
-
-    async fn discard(&self, failed: &Arc<Session>) {
-        let mut guard = self.session.write().await;
-        if guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, failed)) {
-            *guard = None;
-        }
-    }
-
-    /// Closes the connection, letting in-flight confirms finish first.
-    pub async fn close(&self) {
-        if let Some(session) = self.session.write().await.take() {
-            for channel in &session.channels {
-                let _ = channel.wait_for_confirms().await;
+    /// Drops a session that failed (unless it was already replaced) and wakes the keeper.
+    /// A timed-out or refused publish may leave confirms pending on its channel, so the
+    /// whole session is renewed rather than reused.
+    fn discard(&self, failed: &Arc<Session>) {
+        self.session_tx.send_if_modified(|current| {
+            if current.as_ref().is_some_and(|s| Arc::ptr_eq(s, failed)) {
+                *current = None;
+                true
+            } else {
+                false
             }
-            let _ = session
-                .connection
-                .close(200, "producer shutting down".into())
-                .await;
+        });
+        self.broken.notify_one();
+    }
+
+    /// Closes the connection, letting in-flight confirms finish first (bounded).
+    pub async fn close(&self) {
+        let Some(session) = self.session_tx.send_replace(None) else {
+            return;
+        };
+        for slot in &session.channels {
+            let channel = slot.lock().await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), channel.wait_for_confirms()).await;
+            let _ = channel.close(200, "producer shutting down".into()).await;
         }
+        let _ = session
+            .connection
+            .close(200, "producer shutting down".into())
+            .await;
     }
 }

@@ -29,19 +29,28 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     publisher: Arc<CallbackPublisher>,
+    keeper: tokio::task::JoinHandle<()>,
+    keeper_stop: CancellationToken,
 }
 
 impl Application {
     /// Binds the listener. RabbitMQ need not be up: callbacks get 503 until it is.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let topology = Topology::new(&config.topology);
-        let publisher = Arc::new(CallbackPublisher::new(
+        let publisher = CallbackPublisher::new(
             config.amqp.amqp_url.clone(),
             topology,
             config.publish_channels as usize,
-        ));
-        if let Err(err) = publisher.ensure_connected().await {
-            tracing::warn!(error = %err, "RabbitMQ is not reachable yet; callbacks get 503 until it is");
+        );
+        let keeper_stop = CancellationToken::new();
+        let keeper = tokio::spawn(publisher.clone().keep_connected(keeper_stop.clone()));
+        // Give the first connection a moment, so the first callbacks find it ready.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !publisher.is_connected() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !publisher.is_connected() {
+            tracing::warn!("RabbitMQ is not reachable yet; callbacks get 503 until it is");
         }
         let state = Arc::new(AppState {
             publisher: publisher.clone(),
@@ -69,6 +78,8 @@ impl Application {
             listener,
             router,
             publisher,
+            keeper,
+            keeper_stop,
         })
     }
 
@@ -93,6 +104,8 @@ impl Application {
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             } => tracing::warn!("in-flight callbacks did not finish within the grace period"),
         }
+        self.keeper_stop.cancel();
+        let _ = self.keeper.await;
         self.publisher.close().await;
         tracing::info!("producer stopped");
         Ok(())

@@ -98,9 +98,15 @@ impl Relay {
         Ok(ids.len() as u64)
     }
 
+    /// Forgets the session (after a round was abandoned with confirms pending).
+    pub fn reset(&mut self) {
+        self.session = None;
+    }
+
     /// Closes the connection.
     pub async fn close(&mut self) {
-        if let Some((conn, _)) = self.session.take() {
+        if let Some((conn, channel)) = self.session.take() {
+            let _ = channel.close(200, "sweeper shutting down".into()).await;
             let _ = conn.close(200, "sweeper shutting down".into()).await;
         }
     }

@@ -14,6 +14,9 @@ use crate::relay::Relay;
 /// Pause after a failed round, so an outage is retried without spinning.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// Longest a relay round may take (connect, publish, confirms) before it is abandoned.
+const RELAY_ROUND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A sweeper process, built from its configuration.
 pub struct Application {
     config: Config,
@@ -49,11 +52,22 @@ impl Application {
                     failed = true;
                 }
             }
-            match relay.drain(&pool).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(published = n, "notifications published"),
-                Err(err) => {
+            // Bounded, and abandoned on shutdown: a blocked broker (memory or disk alarm)
+            // must not stop expiry or shutdown. Unconfirmed rows stay pending.
+            let relayed = tokio::select! {
+                r = tokio::time::timeout(RELAY_ROUND_TIMEOUT, relay.drain(&pool)) => r,
+                () = shutdown.cancelled() => break,
+            };
+            match relayed {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::debug!(published = n, "notifications published"),
+                Ok(Err(err)) => {
                     tracing::warn!(error = %err, "notification relay failed; will retry");
+                    failed = true;
+                }
+                Err(_) => {
+                    tracing::warn!(timeout = ?RELAY_ROUND_TIMEOUT, "notification relay timed out; reconnecting");
+                    relay.reset();
                     failed = true;
                 }
             }

@@ -69,7 +69,7 @@ pub async fn run(
         };
         sent += 1;
         // Follow two ids of every tenth callback.
-        let follow = sent % 10 == 0;
+        let follow = sent.is_multiple_of(10);
         let ids: Vec<u64> = {
             let mut rng = rand::rng();
             let amount = ids_per_callback.min(id_space as usize);

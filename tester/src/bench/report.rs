@@ -121,7 +121,10 @@ pub fn summarize(
             v.iter().sum::<f64>() / v.len() as f64
         }
     };
-    let backlog_grew = mean(0.75, 1.01) > mean(0.25, 0.5) + rate as f64 * 0.5;
+    let ready_grew = mean(0.75, 1.01) > mean(0.25, 0.5) + rate as f64 * 0.5;
+    // Work held unacked by consumers is backlog too: it grew if ids were accepted
+    // clearly faster than stored.
+    let backlog_grew = ready_grew || ids_per_sec_stored < 0.9 * ids_per_sec_accepted;
     let backlog_ready_max = during.iter().map(|s| s.ready).max().unwrap_or(0);
     let backlog_ready_end_of_load = during.last().map_or(0, |s| s.ready);
 
