@@ -28,7 +28,7 @@ pub struct Config {
 
     /// Most status calls in flight in this process, and so most HTTP connections to the
     /// status service (HTTP/1.1 needs one per call in flight; each uses an ephemeral port).
-    #[arg(long, env = "MAX_CHECKS_IN_FLIGHT", default_value_t = 15_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "MAX_CHECKS_IN_FLIGHT", default_value_t = 12_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_checks_in_flight: u32,
 
     /// Most rows in one upsert statement.

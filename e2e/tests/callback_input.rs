@@ -161,3 +161,45 @@ async fn empty_and_duplicate_ids_are_accepted_as_distinct_ids() -> anyhow::Resul
     assert_eq!(env.ready(&env.topology().checks_queue).await?, 2);
     env.teardown().await
 }
+
+#[tokio::test]
+async fn callbacks_get_503_with_retry_after_while_rabbitmq_is_unreachable() -> anyhow::Result<()> {
+    let mut env = TestEnv::start(Status::default()).await?;
+    // Nothing listens on port 1: the producer starts anyway and keeps reconnecting.
+    let url = env
+        .start_producer(&[
+            "--amqp-url=amqp://guest:guest@127.0.0.1:1/%2f",
+            "--publish-timeout-ms=300",
+        ])
+        .await?;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"object_ids":[1,2,3]}"#)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: serde_json::Value = response.json().await?;
+    assert_eq!(body["error"], "unavailable", "{body}");
+
+    let ready = client
+        .get(url.replace("/callback", "/readyz"))
+        .send()
+        .await?;
+    assert_eq!(ready.status().as_u16(), 503);
+    let health = client
+        .get(url.replace("/callback", "/healthz"))
+        .send()
+        .await?;
+    assert_eq!(health.status().as_u16(), 200);
+    assert_eq!(env.ready(&env.topology().checks_queue).await?, 0);
+    env.teardown().await
+}

@@ -149,3 +149,39 @@ async fn objects_expire_between_two_and_three_seconds_after_last_sighting_with_o
     assert!(per_id.values().all(|n| *n == 1));
     env.teardown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_shutdown_lets_in_flight_checks_commit_and_ack() -> anyhow::Result<()> {
+    let mut env = TestEnv::start(Status {
+        delay_min_ms: 800,
+        delay_max_ms: 1200,
+        online: "all",
+        ..Status::default()
+    })
+    .await?;
+    let url = env.start_producer(&[]).await?;
+    let consumer = env.start_consumer(&[])?;
+    let ids: Vec<i64> = (0..200).collect();
+    let (code, _) = post_callback(
+        &url,
+        Some("application/json"),
+        json!({ "object_ids": ids }).to_string(),
+    )
+    .await?;
+    assert_eq!(code, 202);
+    // Stop while every check is still waiting for the status service.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.stop(consumer).await?;
+
+    assert_eq!(
+        env.object_ids().await?,
+        ids,
+        "in-flight checks were committed before the consumer stopped"
+    );
+    assert_eq!(
+        env.ready(&env.topology().checks_queue).await?,
+        0,
+        "every message was acked"
+    );
+    env.teardown().await
+}
