@@ -11,7 +11,7 @@ run: services build
 
 ## test: install/start the services if needed, then run the whole test suite
 test: services
-	$(CARGO) test --workspace --locked
+	@scripts/test.sh
 
 services:
 	@scripts/services.sh

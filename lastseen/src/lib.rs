@@ -2,6 +2,8 @@
 //! database access, domain types and shutdown, used by every binary of the workspace.
 
 pub mod amqp;
+#[doc(hidden)]
+pub mod cli_checks;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -1,53 +1,34 @@
-//! A bad setting stops the real binary with one line naming it and exit code 2.
+//! A bad setting stops the real binary with one line naming it and exit code 2, and
+//! `--help` documents every setting with its environment variable.
 
-use std::process::Command;
+use std::path::Path;
+
+use lastseen::cli_checks::{assert_bad_setting_is_refused, assert_help_documents};
+
+const BIN: &str = env!("CARGO_BIN_EXE_producer");
 
 #[test]
 fn bad_setting_exits_2_with_one_line_naming_it() {
-    let output = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .env("PUBLISH_TIMEOUT_MS", "soon")
-        .output()
-        .expect("the binary runs");
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("PUBLISH_TIMEOUT_MS") && stderr.contains("'soon'"),
-        "{stderr}"
-    );
+    assert_bad_setting_is_refused(Path::new(BIN), "PUBLISH_TIMEOUT_MS", "soon");
 }
 
 #[test]
 fn bad_amqp_url_exits_2_naming_it() {
-    let output = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .env("AMQP_URL", "http://rabbit")
-        .output()
-        .expect("the binary runs");
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.starts_with("invalid configuration: AMQP_URL"),
-        "{stderr}"
-    );
+    assert_bad_setting_is_refused(Path::new(BIN), "AMQP_URL", "http://rabbit");
 }
 
 #[test]
 fn help_documents_every_setting_with_its_environment_variable() {
-    let output = Command::new(env!("CARGO_BIN_EXE_producer"))
-        .arg("--help")
-        .output()
-        .expect("the binary runs");
-    assert!(output.status.success());
-    let help = String::from_utf8_lossy(&output.stdout);
-    for setting in [
-        "AMQP_URL",
-        "PUBLISH_TIMEOUT_MS",
-        "TOPOLOGY_PREFIX",
-        "LOG_FORMAT",
-    ] {
-        assert!(
-            help.contains(&format!("[env: {setting}=")),
-            "--help lacks {setting}:\n{help}"
-        );
-    }
+    assert_help_documents(
+        Path::new(BIN),
+        &[
+            "AMQP_URL",
+            "PUBLISH_TIMEOUT_MS",
+            "TOPOLOGY_PREFIX",
+            "LOG_FORMAT",
+            "CALLBACK_ADDR",
+            "MAX_BODY_BYTES",
+            "IDS_PER_MESSAGE",
+        ],
+    );
 }
