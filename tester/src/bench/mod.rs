@@ -109,7 +109,7 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
     };
     if args.rates.is_empty() {
         let result = run_once(&args, args.rate, raw.clone(), &shutdown).await?;
-        report::write_single(&args.out, &result)?;
+        report::write_run(&args.out, &result)?;
         println!("{}", report::markdown(&result));
         println!(
             "report: {}/result.json, result.md, chart.svg",

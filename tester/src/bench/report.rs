@@ -316,11 +316,6 @@ pub fn write_run(dir: &Path, r: &RunResult) -> anyhow::Result<()> {
     chart(&dir.join("chart.svg"), r)
 }
 
-/// Writes a single run's report into the report folder.
-pub fn write_single(out: &Path, r: &RunResult) -> anyhow::Result<()> {
-    write_run(out, r)
-}
-
 /// One line of the sweep table.
 pub fn sweep_row(r: &RunResult) -> String {
     format!(
