@@ -137,56 +137,61 @@ impl TestEnv {
         ]
     }
 
-    fn db_args(&self) -> Vec<String> {
-        vec![format!("--database-url={}", self.database_url)]
+    /// The command line of `program`: its own first flags, the test's names, the
+    /// database (if `database`), then the test's extra flags (which override).
+    fn args(&self, program: &str, first: &[String], database: bool, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![program.to_owned()];
+        args.extend(first.iter().cloned());
+        args.extend(self.common_args());
+        if database {
+            args.push(format!("--database-url={}", self.database_url));
+        }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    }
+
+    /// Runs a component until its token (a child of the test's) is cancelled; returns its
+    /// index for [`Self::stop`].
+    fn run<F>(&mut self, name: &str, run: impl FnOnce(CancellationToken) -> F) -> usize
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let token = self.shutdown.child_token();
+        let handle = tokio::spawn(run(token.clone()));
+        self.components.push((name.into(), token, Some(handle)));
+        self.components.len() - 1
     }
 
     /// Starts a producer on a random port; returns its callback URL.
     pub async fn start_producer(&mut self, extra: &[&str]) -> anyhow::Result<String> {
-        let mut args = vec!["producer".to_owned(), "--callback-addr=127.0.0.1:0".into()];
-        args.extend(self.common_args());
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let config = producer::Config::try_parse_from(args)?;
-        let app = producer::Application::build(config).await?;
+        let args = self.args(
+            "producer",
+            &["--callback-addr=127.0.0.1:0".into()],
+            false,
+            extra,
+        );
+        let app = producer::Application::build(producer::Config::try_parse_from(args)?).await?;
         let url = format!("http://127.0.0.1:{}/callback", app.port());
-        let token = self.shutdown.child_token();
-        let handle = tokio::spawn(app.run_until_stopped(token.clone()));
-        self.components
-            .push(("producer".into(), token, Some(handle)));
+        self.run("producer", |token| app.run_until_stopped(token));
         Ok(url)
     }
 
     /// Starts a consumer; returns its index for [`Self::stop`].
     pub fn start_consumer(&mut self, extra: &[&str]) -> anyhow::Result<usize> {
-        let mut args = vec![
-            "consumer".to_owned(),
-            format!("--status-url={}", self.status_url),
-        ];
-        args.extend(self.common_args());
-        args.extend(self.db_args());
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let config = consumer::Config::try_parse_from(args)?;
-        let token = self.shutdown.child_token();
-        let handle =
-            tokio::spawn(consumer::Application::new(config).run_until_stopped(token.clone()));
-        self.components
-            .push(("consumer".into(), token, Some(handle)));
-        Ok(self.components.len() - 1)
+        let status = format!("--status-url={}", self.status_url);
+        let config =
+            consumer::Config::try_parse_from(self.args("consumer", &[status], true, extra))?;
+        Ok(self.run("consumer", |token| {
+            consumer::Application::new(config).run_until_stopped(token)
+        }))
     }
 
     /// Starts a sweeper; returns its index for [`Self::stop`].
     pub fn start_sweeper(&mut self, extra: &[&str]) -> anyhow::Result<usize> {
-        let mut args = vec!["sweeper".to_owned()];
-        args.extend(self.common_args());
-        args.extend(self.db_args());
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let config = sweeper::Config::try_parse_from(args)?;
-        let token = self.shutdown.child_token();
-        let handle =
-            tokio::spawn(sweeper::Application::new(config).run_until_stopped(token.clone()));
-        self.components
-            .push(("sweeper".into(), token, Some(handle)));
-        Ok(self.components.len() - 1)
+        let config = sweeper::Config::try_parse_from(self.args("sweeper", &[], true, extra))?;
+        Ok(self.run("sweeper", |token| {
+            sweeper::Application::new(config).run_until_stopped(token)
+        }))
     }
 
     /// Stops one component gracefully and waits for it.
@@ -323,6 +328,14 @@ impl TestEnv {
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// POSTs `{"object_ids": ids}` as JSON and asserts it was accepted (202).
+pub async fn post_ids(url: &str, ids: &[i64]) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "object_ids": ids }).to_string();
+    let (code, answer) = post_callback(url, Some("application/json"), body).await?;
+    anyhow::ensure!(code == 202, "callback answered {code}: {answer}");
+    Ok(())
 }
 
 /// POSTs a JSON callback; returns the status and the body as JSON (or Null).

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use e2e::{Status, TestEnv, post_callback};
+use e2e::{Status, TestEnv, post_callback, post_ids};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,13 +71,7 @@ async fn objects_expire_between_two_and_three_seconds_after_last_sighting_with_o
     env.start_sweeper(&["--object-ttl-secs=2"])?;
 
     let ids: Vec<i64> = (0..100).collect();
-    let (code, _) = post_callback(
-        &url,
-        Some("application/json"),
-        json!({ "object_ids": ids }).to_string(),
-    )
-    .await?;
-    assert_eq!(code, 202);
+    post_ids(&url, &ids).await?;
     let stored = env
         .eventually(Duration::from_secs(5), || async {
             Ok(env.object_ids().await?.len() == 50)
@@ -162,13 +156,7 @@ async fn consumer_shutdown_lets_in_flight_checks_commit_and_ack() -> anyhow::Res
     let url = env.start_producer(&[]).await?;
     let consumer = env.start_consumer(&[])?;
     let ids: Vec<i64> = (0..200).collect();
-    let (code, _) = post_callback(
-        &url,
-        Some("application/json"),
-        json!({ "object_ids": ids }).to_string(),
-    )
-    .await?;
-    assert_eq!(code, 202);
+    post_ids(&url, &ids).await?;
     // Stop while every check is still waiting for the status service.
     tokio::time::sleep(Duration::from_millis(300)).await;
     env.stop(consumer).await?;
