@@ -10,5 +10,9 @@ FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /usr/local/bin/
+# The producer's spool folder, owned by the user the binaries run as (a named volume
+# mounted here starts with this ownership).
+RUN mkdir -p /var/lib/lastseen/spool && chown -R 65534:65534 /var/lib/lastseen
+WORKDIR /var/lib/lastseen
 USER 65534:65534
 CMD ["producer"]

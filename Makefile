@@ -2,8 +2,9 @@
 # developers and CI.
 SHELL := /bin/bash
 CARGO ?= cargo
+FUZZ_SECS ?= 60
 
-.PHONY: run test services build lint latency run-check compose-check ci bench
+.PHONY: run test services build lint latency run-check compose-check ci bench chaos fuzz api-fuzz retry-check expiry-bench
 
 ## run: install/start PostgreSQL and RabbitMQ if needed, build, start the whole pipeline
 run: services build
@@ -41,3 +42,23 @@ ci: lint test compose-check run-check
 ## bench: the pipeline under load (BENCH_SECS, BENCH_RATE, or BENCH_RATES=a,b,c for a sweep)
 bench: services build
 	@scripts/bench.sh
+
+## expiry-bench: 100,000 objects expiring together with two sweepers (one killed -9), and 10,000 expiries/s: lag and duplicates
+expiry-bench: services build
+	@$(CARGO) run --release --locked -q -p tester -- expiry-bench
+
+## retry-check: status service failing everything: growing retry delays, dead letters with reason after MAX_ATTEMPTS, low consumer CPU
+retry-check: services build
+	@scripts/retry-check.sh
+
+## chaos: the pipeline under load and faults (kill -9, RabbitMQ/PostgreSQL stopped); 0 lost ids (CHAOS_RUNS=n)
+chaos: services build
+	@scripts/chaos.sh
+
+## fuzz: fuzz the callback body parser (cargo-fuzz, libFuzzer) for FUZZ_SECS seconds (default 60)
+fuzz:
+	@FUZZ_SECS=$(FUZZ_SECS) scripts/fuzz.sh
+
+## api-fuzz: requests generated from /openapi.json (schemathesis) against the release producer: no 5xx, answers as documented, nothing published for a rejected request
+api-fuzz: services
+	@scripts/api-fuzz.sh

@@ -10,6 +10,7 @@ CALLBACKS=${LATENCY_CALLBACKS:-3000}
 CONCURRENCY=${LATENCY_CONCURRENCY:-8}
 export TOPOLOGY_PREFIX=latency-check NOTIFICATIONS_EXCHANGE=latency-check.notifications
 export CALLBACK_ADDR=127.0.0.1:$PORT RUST_LOG=warn
+export SPOOL_PATH=target/latency/spool/producer.redb
 
 "$BIN/producer" >target/latency-producer.log 2>&1 &
 producer=$!

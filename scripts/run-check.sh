@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/lastseen_runcheck
 export TOPOLOGY_PREFIX=runcheck NOTIFICATIONS_EXCHANGE=runcheck.notifications
+export SPOOL_PATH=target/run-check/spool/producer.redb
 export DRIVE_COUNT=${DRIVE_COUNT:-12}
 PSQL=(psql "$DATABASE_URL" -Atq)
 

@@ -35,9 +35,9 @@ if [ "$TESTER" != "off" ]; then
   start status "$BIN/tester" serve
 fi
 start producer "$BIN/producer"
-start consumer-1 "$BIN/consumer"
-start consumer-2 "$BIN/consumer"
-start sweeper "$BIN/sweeper"
+METRICS_ADDR=${CONSUMER_1_METRICS_ADDR:-127.0.0.1:9101} start consumer-1 "$BIN/consumer"
+METRICS_ADDR=${CONSUMER_2_METRICS_ADDR:-127.0.0.1:9103} start consumer-2 "$BIN/consumer"
+METRICS_ADDR=${SWEEPER_METRICS_ADDR:-127.0.0.1:9102} start sweeper "$BIN/sweeper"
 if [ "$TESTER" != "off" ]; then
   sleep 1
   start driver "$BIN/tester" drive
@@ -49,7 +49,9 @@ Where to look:
   callbacks      POST http://127.0.0.1:9090/callback   e.g.
                  curl -XPOST -H 'content-type: application/json' -d '{"object_ids":[1,2,3]}' http://127.0.0.1:9090/callback
   RabbitMQ UI    http://127.0.0.1:15672  (login guest / guest)
-  PostgreSQL     psql postgres://postgres:postgres@127.0.0.1:5432/lastseen -c 'SELECT * FROM objects ORDER BY last_seen DESC'
+  PostgreSQL     psql postgres://analyst:analyst@127.0.0.1:5432/lastseen -c 'SELECT * FROM objects ORDER BY last_seen DESC'
+  metrics        http://127.0.0.1:9090/metrics (producer), :9101 and :9103 (consumers), :9102 (sweeper);
+                 each also serves /healthz and /readyz
   status service http://127.0.0.1:9010/objects/42 $( [ "$TESTER" = "off" ] && echo "(TESTER=off: bring your own)" )
 
 Ctrl-C stops everything.

@@ -20,7 +20,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # PostgreSQL: start the first cluster if it is down.
-read -r pg_version pg_cluster _ pg_status _ < <(pg_lsclusters -h | head -n 1)
+# The cluster on port 5432 (other clusters, such as the chaos suite's, are not ours to
+# start); the first one if none listens there.
+read -r pg_version pg_cluster _ pg_status _ < <(pg_lsclusters -h | awk '$3 == 5432' | head -n 1)
+if [ -z "${pg_cluster:-}" ]; then
+  read -r pg_version pg_cluster _ pg_status _ < <(pg_lsclusters -h | head -n 1)
+fi
 if [ "$pg_status" != "online" ]; then
   log "starting PostgreSQL $pg_version/$pg_cluster"
   $SUDO pg_ctlcluster --skip-systemctl-redirect "$pg_version" "$pg_cluster" start
@@ -33,6 +38,21 @@ if ! PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'select
   log "setting the postgres user's password to 'postgres' (local development default)"
   $SUDO runuser -u postgres -- psql -qc "ALTER USER postgres PASSWORD 'postgres'" >/dev/null
 fi
+
+# The analysts' login: read-only through the lastseen_analyst role (created by the
+# migrations; created here too so the login works before the first migration).
+$SUDO runuser -u postgres -- psql -q >/dev/null 2>&1 <<'SQL' || log "could not create the analyst login (the README's SQL section uses it)"
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lastseen_analyst') THEN
+    CREATE ROLE lastseen_analyst NOLOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'analyst') THEN
+    CREATE ROLE analyst LOGIN PASSWORD 'analyst' IN ROLE lastseen_analyst;
+  END IF;
+END
+$$;
+SQL
 
 # RabbitMQ: start it if it is down, then enable the plugins admins use.
 if ! $SUDO rabbitmqctl -q status >/dev/null 2>&1; then

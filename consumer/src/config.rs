@@ -56,6 +56,16 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_millis)]
     pub shutdown_timeout_ms: Duration,
 
+    /// An object not seen online for this many seconds expires, unless the callback
+    /// that listed it gave its own `ttl_secs`.
+    #[arg(long, env = "OBJECT_TTL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=31_536_000))]
+    pub object_ttl_secs: u32,
+
+    /// Where `/metrics` (Prometheus), `/healthz` and `/readyz` are served; port 0 picks
+    /// a free one (logged). Each consumer on one host needs its own.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9101")]
+    pub metrics_addr: std::net::SocketAddr,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 

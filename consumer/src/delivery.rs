@@ -9,6 +9,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lastseen::store::objects::Sighting;
 use lastseen::{CheckMessage, ObjectId};
+use tracing::Instrument;
 
 use crate::retry::{Outcome, Retrier, attempt_of};
 use crate::status::StatusClient;
@@ -27,12 +28,32 @@ pub struct Context {
     /// Cancelled when forwarding to retry failed: the session is then renewed, so its
     /// queues are declared again, instead of requeueing every failure forever.
     pub session_failed: tokio_util::sync::CancellationToken,
+    /// Cancelled when the session broke: its deliveries can no longer be acked (RabbitMQ
+    /// redelivers them), so their work stops instead of holding check slots.
+    pub ended: tokio_util::sync::CancellationToken,
+    /// TTL of sightings from messages that carry none (`OBJECT_TTL_SECS`).
+    pub default_ttl: std::time::Duration,
 }
 
 /// Handles one delivery to the end: acked once durable, or left unacked (and so
-/// redelivered) if anything on the way failed.
+/// redelivered) if anything on the way failed or its session broke.
 pub async fn handle(delivery: Delivery, ctx: Arc<Context>) {
+    let ended = ctx.ended.clone();
+    tokio::select! {
+        () = settle(&delivery, &ctx) => {}
+        () = ended.cancelled() => {
+            tracing::debug!("session broke; the delivery is left for redelivery");
+        }
+    }
+}
+
+async fn settle(delivery: &Delivery, ctx: &Context) {
     let attempt = attempt_of(&delivery.properties);
+    metrics::counter!(
+        "lastseen_deliveries_total",
+        "redelivered" => if delivery.redelivered { "true" } else { "false" }
+    )
+    .increment(1);
     let message: CheckMessage = match serde_json::from_slice(&delivery.data) {
         Ok(message) => message,
         Err(err) => {
@@ -40,27 +61,48 @@ pub async fn handle(delivery: Delivery, ctx: Arc<Context>) {
             tracing::warn!(%reason, "dead-lettering");
             match ctx
                 .retrier
-                .dead_letter(&delivery.data, attempt, &reason)
+                .dead_letter(&delivery.data, attempt, &reason, None)
                 .await
             {
-                Ok(()) => ack(&delivery).await,
+                Ok(()) => {
+                    metrics::counter!("lastseen_dead_letters_total", "reason" => "malformed")
+                        .increment(1);
+                    ack(delivery).await;
+                }
                 Err(err) => {
                     ctx.session_failed.cancel();
-                    requeue(&delivery, &err.to_string()).await;
+                    requeue(delivery, &err.to_string()).await;
                 }
             }
             return;
         }
     };
 
+    let span = tracing::info_span!(
+        "delivery",
+        request_id = message.request_id.as_deref().unwrap_or("-"),
+        attempt,
+    );
+    check_message(delivery, ctx, message, attempt)
+        .instrument(span)
+        .await;
+}
+
+/// Checks every id of a parsed message, records the online ones, retries the failed.
+async fn check_message(delivery: &Delivery, ctx: &Context, message: CheckMessage, attempt: u32) {
     // Every id is checked, and if online recorded, on its own: a fast answer is written
     // without waiting for the slowest id of its message. The message is acked once all
     // its ids are settled.
+    let ttl = message
+        .ttl_secs
+        .map(|secs| std::time::Duration::from_secs(u64::from(secs)))
+        .unwrap_or(ctx.default_ttl);
+    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
     let outcomes = join_all(
         message
             .object_ids
             .iter()
-            .map(|&id| check_and_record(id, &ctx)),
+            .map(|&id| check_and_record(id, ttl, ctx)),
     )
     .await;
     let mut failed = Vec::new();
@@ -81,6 +123,8 @@ pub async fn handle(delivery: Delivery, ctx: Arc<Context>) {
         let retry = CheckMessage {
             object_ids: failed,
             accepted_at: message.accepted_at,
+            request_id: message.request_id.clone(),
+            ttl_secs: message.ttl_secs,
         };
         match ctx
             .retrier
@@ -88,18 +132,23 @@ pub async fn handle(delivery: Delivery, ctx: Arc<Context>) {
             .await
         {
             Ok(Outcome::Retried { delay }) => {
+                metrics::counter!("lastseen_check_retries_total").increment(1);
+                metrics::counter!("lastseen_retried_ids_total")
+                    .increment(retry.object_ids.len() as u64);
                 tracing::info!(ids = retry.object_ids.len(), attempt, ?delay, %reason, "check failed, retrying later");
             }
             Ok(Outcome::DeadLettered) => {
+                metrics::counter!("lastseen_dead_letters_total", "reason" => "attempts")
+                    .increment(1);
                 tracing::warn!(ids = ?retry.object_ids, attempt, %reason, "check failed for the last time, dead-lettered");
             }
             Err(err) => {
                 ctx.session_failed.cancel();
-                return requeue(&delivery, &err.to_string()).await;
+                return requeue(delivery, &err.to_string()).await;
             }
         }
     }
-    ack(&delivery).await;
+    ack(delivery).await;
 }
 
 /// How one id of a message ended.
@@ -110,17 +159,32 @@ enum Settled {
     WriterStopped,
 }
 
-async fn check_and_record(id: ObjectId, ctx: &Context) -> Settled {
+async fn check_and_record(id: ObjectId, ttl: chrono::Duration, ctx: &Context) -> Settled {
     let answer = {
         // Bounds the status calls (and so the HTTP connections) of this process.
         let _permit = ctx.check_slots.acquire().await;
-        ctx.status.is_online(id).await
+        let in_flight = metrics::gauge!("lastseen_checks_in_flight");
+        in_flight.increment(1.0);
+        let started = std::time::Instant::now();
+        let answer = ctx.status.is_online(id).await;
+        in_flight.decrement(1.0);
+        let outcome = match &answer {
+            Ok(true) => "online",
+            Ok(false) => "offline",
+            Err(_) => "failed",
+        };
+        metrics::histogram!("lastseen_status_check_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("lastseen_status_checks_total", "outcome" => outcome).increment(1);
+        answer
     };
     match answer {
         Ok(true) => {
+            let seen_at = Utc::now();
             let sighting = Sighting {
                 id,
-                seen_at: Utc::now(),
+                seen_at,
+                expires_at: seen_at + ttl,
             };
             match ctx.writer.record(vec![sighting]).await {
                 Ok(()) => Settled::Stored,

@@ -74,13 +74,14 @@ impl Retrier {
         reason: &str,
     ) -> Result<Outcome, AmqpError> {
         let body = serde_json::to_vec(message).expect("a CheckMessage always serializes");
+        let request_id = message.request_id.as_deref();
         if attempt >= self.policy.max_attempts {
-            self.dead_letter(&body, attempt, reason).await?;
+            self.dead_letter(&body, attempt, reason, request_id).await?;
             return Ok(Outcome::DeadLettered);
         }
         let delay = self.policy.delay(attempt);
         let queue = self.topology.retry_queue(delay);
-        let properties = with_headers(attempt + 1, reason);
+        let properties = amqp::with_request_id(with_headers(attempt + 1, reason), request_id);
         let _one_at_a_time = self.publishing.lock().await;
         amqp::publish_mandatory(&self.channel, "", &queue, &body, properties)
             .await?
@@ -88,19 +89,21 @@ impl Retrier {
         Ok(Outcome::Retried { delay })
     }
 
-    /// Sends a body to the dead-letter queue with the reason and the attempts made.
+    /// Sends a body to the dead-letter queue with the reason, the attempts made and the
+    /// request id (when known).
     pub async fn dead_letter(
         &self,
         body: &[u8],
         attempts: u32,
         reason: &str,
+        request_id: Option<&str>,
     ) -> Result<(), AmqpError> {
         amqp::publish_mandatory(
             &self.channel,
             &self.topology.dead_letter_exchange,
             "",
             body,
-            with_headers(attempts, reason),
+            amqp::with_request_id(with_headers(attempts, reason), request_id),
         )
         .await?
         .await

@@ -1,7 +1,8 @@
 //! Running the consumer: connect (and reconnect) to RabbitMQ and PostgreSQL, consume
 //! the work queue, and on shutdown drain in-flight checks within a bound.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -9,6 +10,7 @@ use backon::BackoffBuilder;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lastseen::amqp::{self, no_args};
+use lastseen::ops::{self, Dependency, OpsServer, ReadinessProbe};
 use lastseen::topology::Topology;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,8 @@ struct Shared {
     check_slots: Arc<Semaphore>,
     writer: LastSeenWriter,
     tracker: TaskTracker,
+    /// True while a session consumes the work queue (for `/readyz`).
+    consuming: Arc<AtomicBool>,
 }
 
 impl Application {
@@ -51,11 +55,21 @@ impl Application {
         tracing::debug!(open_files, "open-file limit");
         let status = StatusClient::new(config.status_url.clone(), config.status_timeout_ms)
             .context("cannot build the status service client")?;
+        // Health and metrics first, so a probe sees the process while it waits for PostgreSQL.
+        let database = Arc::new(OnceLock::new());
+        let consuming = Arc::new(AtomicBool::new(false));
+        let ops = OpsServer::bind(
+            config.metrics_addr,
+            readiness(database.clone(), consuming.clone()),
+        )
+        .await?
+        .spawn();
         let pool = match lastseen::db::connect_and_migrate(&config.database, &shutdown).await {
             Ok(pool) => pool,
             Err(lastseen::db::DbError::Cancelled) => return Ok(()),
             Err(err) => return Err(err.into()),
         };
+        let _ = database.set(pool.clone());
         let abandon = CancellationToken::new();
         let (writer, writer_task) = LastSeenWriter::spawn(
             pool.clone(),
@@ -74,6 +88,7 @@ impl Application {
             check_slots: Arc::new(Semaphore::new(config.max_checks_in_flight as usize)),
             writer,
             tracker: TaskTracker::new(),
+            consuming,
             config,
         };
 
@@ -90,8 +105,18 @@ impl Application {
                     Err(err) => return Err(err.into()),
                 };
             let started = tokio::time::Instant::now();
-            match consume(&conn, &shared, &shutdown).await {
+            let session = consume(&conn, &shared, &shutdown).await;
+            shared.consuming.store(false, Ordering::Relaxed);
+            match session {
                 Ok(session) => last_session = Some(session),
+                // A queue declared with other arguments: no reconnect can fix that.
+                Err(err)
+                    if err
+                        .downcast_ref::<amqp::AmqpError>()
+                        .is_some_and(|e| e.is_fatal()) =>
+                {
+                    return Err(err);
+                }
                 Err(err) => tracing::warn!(error = %err, "RabbitMQ session ended, reconnecting"),
             }
             if let Some(old) = connection.replace(conn) {
@@ -141,6 +166,7 @@ impl Application {
         if let Some(conn) = connection {
             let _ = conn.close(200, "consumer shutting down".into()).await;
         }
+        ops.stop().await;
         pool.close().await;
         tracing::info!("consumer stopped");
         Ok(())
@@ -174,7 +200,11 @@ async fn consume(
             shared.policy,
         ),
         session_failed: CancellationToken::new(),
+        ended: CancellationToken::new(),
+        default_ttl: Duration::from_secs(u64::from(shared.config.object_ttl_secs)),
     });
+    // Any way out but shutdown means the session broke: stop its deliveries' work.
+    let session_ended = ctx.ended.clone().drop_guard();
     let mut consumer = channel
         .basic_consume(
             shared.topology.checks_queue.as_str().into(),
@@ -183,6 +213,7 @@ async fn consume(
             no_args(),
         )
         .await?;
+    shared.consuming.store(true, Ordering::Relaxed);
     tracing::info!(queue = %shared.topology.checks_queue, prefetch = shared.config.prefetch, "consuming");
     loop {
         tokio::select! {
@@ -198,8 +229,24 @@ async fn consume(
             }
             () = shutdown.cancelled() => {
                 let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                session_ended.disarm();
                 return Ok(ctx);
             }
         }
     }
+}
+
+/// Ready when PostgreSQL answers and a session consumes the work queue.
+fn readiness(database: Arc<OnceLock<sqlx::PgPool>>, consuming: Arc<AtomicBool>) -> ReadinessProbe {
+    Arc::new(move || {
+        let (database, consuming) = (database.clone(), consuming.clone());
+        Box::pin(async move {
+            let rabbitmq = if consuming.load(Ordering::Relaxed) {
+                Dependency::ok("rabbitmq")
+            } else {
+                Dependency::failing("rabbitmq", "not consuming; reconnecting with backoff")
+            };
+            vec![ops::postgres_once_connected(&database).await, rabbitmq]
+        })
+    })
 }

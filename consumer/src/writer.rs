@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use lastseen::domain::OnlineNotification;
+use lastseen::store::notifications;
 use lastseen::store::objects::{self, Sighting};
+use lastseen::topology::ONLINE_ROUTING_KEY;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -87,7 +90,8 @@ async fn run(
             .iter()
             .flat_map(|r| r.sightings.iter().copied())
             .collect();
-        let write = || objects::upsert_last_seen(&pool, &sightings);
+        let started = Instant::now();
+        let write = || commit(&pool, &sightings);
         let retried = write
             .retry(
                 ExponentialBuilder::default()
@@ -97,6 +101,7 @@ async fn run(
                     .without_max_times(),
             )
             .notify(|err, delay| {
+                metrics::counter!("lastseen_upsert_failures_total").increment(1);
                 tracing::warn!(error = %err, ?delay, rows = sightings.len(), "upsert failed, retrying");
             });
         tokio::select! {
@@ -111,6 +116,9 @@ async fn run(
                 return;
             }
         }
+        metrics::histogram!("lastseen_upsert_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("lastseen_upsert_batch_rows").record(sightings.len() as f64);
+        metrics::counter!("lastseen_ids_stored_total").increment(sightings.len() as u64);
         tracing::debug!(
             rows = sightings.len(),
             messages = batch.len(),
@@ -120,4 +128,30 @@ async fn run(
             let _ = request.committed.send(());
         }
     }
+}
+
+/// Upserts the sightings and, in the same transaction, records an `object.online`
+/// notification for each object that was not there (first seen, or back after expiry).
+async fn commit(pool: &PgPool, sightings: &[Sighting]) -> sqlx::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let came_online = objects::upsert_sightings(&mut tx, sightings).await?;
+    if !came_online.is_empty() {
+        let ids: Vec<i64> = came_online.iter().map(|o| o.id.get()).collect();
+        let payloads: Vec<serde_json::Value> = came_online
+            .iter()
+            .map(|o| {
+                serde_json::to_value(OnlineNotification {
+                    event: ONLINE_ROUTING_KEY.to_owned(),
+                    object_id: o.id,
+                    seen_at: o.seen_at,
+                    expires_at: o.expires_at,
+                })
+                .expect("a notification always serializes")
+            })
+            .collect();
+        notifications::record(&mut tx, ONLINE_ROUTING_KEY, &ids, &payloads).await?;
+    }
+    tx.commit().await?;
+    metrics::counter!("lastseen_objects_online_total").increment(came_online.len() as u64);
+    Ok(came_online.len())
 }

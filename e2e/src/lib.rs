@@ -2,6 +2,7 @@
 //! RabbitMQ names and its own status simulator, and runs the real components in-process
 //! on random ports; `teardown()` removes everything it created.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,6 +16,10 @@ use lastseen::amqp::no_args;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+pub mod fault_proxy;
+pub mod id_oracle;
+pub mod process;
 
 /// RabbitMQ used by the tests (the machine's shared broker).
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -55,6 +60,8 @@ pub struct TestEnv {
     pub prefix: String,
     pub notifications_exchange: String,
     pub status_url: String,
+    /// Where this test's producers keep their spool (removed at teardown).
+    pub spool_dir: PathBuf,
     pub pool: PgPool,
     pub amqp: Connection,
     pub channel: Channel,
@@ -97,12 +104,14 @@ impl TestEnv {
         let pool = lastseen::db::connect_and_migrate(&db_args, &shutdown).await?;
         let amqp = lastseen::amqp::connect(AMQP_URL, "e2e-test").await?;
         let channel = amqp.create_channel().await?;
+        let spool_dir = std::env::temp_dir().join(format!("lastseen-test-{name}"));
         let env = Self {
             name,
             database_url,
             prefix,
             notifications_exchange,
             status_url,
+            spool_dir,
             pool,
             amqp,
             channel,
@@ -126,6 +135,25 @@ impl TestEnv {
 
     pub fn topology(&self) -> lastseen::topology::Topology {
         lastseen::topology::Topology::new(&self.topology_args())
+    }
+
+    /// The environment a spawned binary needs to join this test's pipeline.
+    pub fn process_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AMQP_URL", AMQP_URL.into()),
+            ("DATABASE_URL", self.database_url.clone()),
+            ("TOPOLOGY_PREFIX", self.prefix.clone()),
+            (
+                "NOTIFICATIONS_EXCHANGE",
+                self.notifications_exchange.clone(),
+            ),
+            ("STATUS_URL", self.status_url.clone()),
+            (
+                "SPOOL_PATH",
+                self.spool_dir.join("producer.redb").display().to_string(),
+            ),
+            ("RUST_LOG", "warn".into()),
+        ]
     }
 
     fn common_args(&self) -> Vec<String> {
@@ -162,11 +190,16 @@ impl TestEnv {
         self.components.len() - 1
     }
 
-    /// Starts a producer on a random port; returns its callback URL.
+    /// Starts a producer on a random port, with the test's spool file; returns its
+    /// callback URL.
     pub async fn start_producer(&mut self, extra: &[&str]) -> anyhow::Result<String> {
+        let spool = format!(
+            "--spool-path={}",
+            self.spool_dir.join("producer.redb").display()
+        );
         let args = self.args(
             "producer",
-            &["--callback-addr=127.0.0.1:0".into()],
+            &["--callback-addr=127.0.0.1:0".into(), spool],
             false,
             extra,
         );
@@ -179,8 +212,8 @@ impl TestEnv {
     /// Starts a consumer; returns its index for [`Self::stop`].
     pub fn start_consumer(&mut self, extra: &[&str]) -> anyhow::Result<usize> {
         let status = format!("--status-url={}", self.status_url);
-        let config =
-            consumer::Config::try_parse_from(self.args("consumer", &[status], true, extra))?;
+        let first = [status, "--metrics-addr=127.0.0.1:0".into()];
+        let config = consumer::Config::try_parse_from(self.args("consumer", &first, true, extra))?;
         Ok(self.run("consumer", |token| {
             consumer::Application::new(config).run_until_stopped(token)
         }))
@@ -188,7 +221,8 @@ impl TestEnv {
 
     /// Starts a sweeper; returns its index for [`Self::stop`].
     pub fn start_sweeper(&mut self, extra: &[&str]) -> anyhow::Result<usize> {
-        let config = sweeper::Config::try_parse_from(self.args("sweeper", &[], true, extra))?;
+        let first = ["--metrics-addr=127.0.0.1:0".into()];
+        let config = sweeper::Config::try_parse_from(self.args("sweeper", &first, true, extra))?;
         Ok(self.run("sweeper", |token| {
             sweeper::Application::new(config).run_until_stopped(token)
         }))
@@ -300,6 +334,7 @@ impl TestEnv {
         }
         let _ = self.amqp.close(200, "teardown".into()).await;
         self.pool.close().await;
+        let _ = std::fs::remove_dir_all(&self.spool_dir);
         let admin = PgPool::connect(&format!("{PG_SERVER}/postgres")).await?;
         // The name is ours (a UUID), not input: safe to splice into DDL.
         sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -32,7 +32,10 @@ async fn rejected(
 
     let (ok, accepted) =
         post_callback(&url, Some("application/json"), r#"{"object_ids":[7]}"#).await?;
-    assert_eq!((ok, accepted), (202, json!({ "accepted": 1 })));
+    assert_eq!(
+        (ok, accepted),
+        (202, json!({ "accepted": 1, "spooled": false }))
+    );
     assert_eq!(env.ready(&checks).await?, 1);
     env.teardown().await
 }
@@ -141,11 +144,18 @@ async fn callback_over_the_body_limit_is_rejected_and_publishes_nothing() -> any
 #[tokio::test]
 async fn callback_of_ten_thousand_ids_is_accepted_whole() -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::default()).await?;
-    let url = env.start_producer(&["--ids-per-message=1"]).await?;
+    // A generous confirm bound: this test is about the size, not the spool (a slow debug
+    // build on a busy machine would otherwise spool it, which is also a 202).
+    let url = env
+        .start_producer(&["--ids-per-message=1", "--publish-timeout-ms=5000"])
+        .await?;
     let ids: Vec<i64> = (i64::MAX - 9_999..=i64::MAX).collect();
     let (status, body) =
         post_callback(&url, JSON, json!({ "object_ids": ids }).to_string()).await?;
-    assert_eq!((status, body), (202, json!({ "accepted": 10_000 })));
+    assert_eq!(
+        (status, body),
+        (202, json!({ "accepted": 10_000, "spooled": false }))
+    );
     assert_eq!(env.ready(&env.topology().checks_queue).await?, 10_000);
     env.teardown().await
 }
@@ -155,28 +165,42 @@ async fn empty_and_duplicate_ids_are_accepted_as_distinct_ids() -> anyhow::Resul
     let mut env = TestEnv::start(Status::default()).await?;
     let url = env.start_producer(&["--ids-per-message=1"]).await?;
     let (status, body) = post_callback(&url, JSON, r#"{"object_ids":[]}"#).await?;
-    assert_eq!((status, body), (202, json!({ "accepted": 0 })));
+    assert_eq!(
+        (status, body),
+        (202, json!({ "accepted": 0, "spooled": false }))
+    );
     let (status, body) = post_callback(&url, None, r#"{"object_ids":[5,5,0,5,0]}"#).await?;
-    assert_eq!((status, body), (202, json!({ "accepted": 2 })));
+    assert_eq!(
+        (status, body),
+        (202, json!({ "accepted": 2, "spooled": false }))
+    );
     assert_eq!(env.ready(&env.topology().checks_queue).await?, 2);
     env.teardown().await
 }
 
 #[tokio::test]
-async fn callbacks_get_503_with_retry_after_while_rabbitmq_is_unreachable() -> anyhow::Result<()> {
+async fn callbacks_get_503_with_retry_after_only_when_rabbitmq_is_down_and_the_spool_is_full()
+-> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::default()).await?;
-    // Nothing listens on port 1: the producer starts anyway and keeps reconnecting.
+    // Nothing listens on port 1: the producer starts anyway, keeps reconnecting, and
+    // spools callbacks, here at most 2 ids.
     let url = env
         .start_producer(&[
             "--amqp-url=amqp://guest:guest@127.0.0.1:1/%2f",
-            "--publish-timeout-ms=300",
+            "--spool-max-ids=2",
         ])
         .await?;
+    let (status, body) = post_callback(&url, JSON, r#"{"object_ids":[1,2]}"#).await?;
+    assert_eq!(
+        (status, body),
+        (202, json!({ "accepted": 2, "spooled": true }))
+    );
+
     let client = reqwest::Client::new();
     let response = client
         .post(&url)
         .header("content-type", "application/json")
-        .body(r#"{"object_ids":[1,2,3]}"#)
+        .body(r#"{"object_ids":[3,4,5]}"#)
         .send()
         .await?;
     assert_eq!(response.status().as_u16(), 503);
@@ -189,12 +213,22 @@ async fn callbacks_get_503_with_retry_after_while_rabbitmq_is_unreachable() -> a
     );
     let body: serde_json::Value = response.json().await?;
     assert_eq!(body["error"], "unavailable", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("SPOOL_MAX_IDS"),
+        "{body}"
+    );
 
     let ready = client
         .get(url.replace("/callback", "/readyz"))
         .send()
         .await?;
     assert_eq!(ready.status().as_u16(), 503);
+    let ready: serde_json::Value = ready.json().await?;
+    assert_eq!(ready["status"], "not ready", "{ready}");
+    assert_eq!(ready["spool"]["pending_ids"], 2, "{ready}");
     let health = client
         .get(url.replace("/callback", "/healthz"))
         .send()

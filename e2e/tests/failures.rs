@@ -1,15 +1,19 @@
 //! Failures of one message stay with that message: status errors are retried with
 //! growing delays and then dead-lettered with their reason; malformed messages go
-//! straight to the dead-letter queue.
+//! straight to the dead-letter queue. A setting that contradicts the existing queue stops
+//! the consumer with an error naming it.
 
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
+use clap::Parser;
 use e2e::{Status, TestEnv};
 use lapin::options::BasicPublishOptions;
 use lapin::types::AMQPValue;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 fn header(delivery: &lapin::message::Delivery, key: &str) -> Option<AMQPValue> {
     delivery
@@ -162,5 +166,33 @@ async fn malformed_status_answer_fails_only_its_own_id() -> anyhow::Result<()> {
         "only the failed id is dead-lettered"
     );
     server.abort();
+    env.teardown().await
+}
+
+#[tokio::test]
+async fn consumer_stops_with_a_clear_error_when_the_queue_exists_with_another_delivery_limit()
+-> anyhow::Result<()> {
+    let env = TestEnv::start(Status::default()).await?;
+    // The test's topology is declared with a delivery-limit of 20.
+    let config = consumer::Config::try_parse_from([
+        "consumer".to_owned(),
+        format!("--amqp-url={}", e2e::AMQP_URL),
+        format!("--database-url={}", env.database_url),
+        format!("--topology-prefix={}", env.prefix),
+        format!("--notifications-exchange={}", env.notifications_exchange),
+        format!("--status-url={}", env.status_url),
+        "--delivery-limit=5".to_owned(),
+        "--metrics-addr=127.0.0.1:0".to_owned(),
+    ])?;
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(20),
+        consumer::Application::new(config).run_until_stopped(CancellationToken::new()),
+    )
+    .await
+    .context("the consumer kept retrying instead of stopping")?;
+    let err = outcome.expect_err("a mismatched queue must stop the consumer");
+    let message = format!("{err:#}");
+    assert!(message.contains("DELIVERY_LIMIT"), "{message}");
+    assert!(message.contains(&env.topology().checks_queue), "{message}");
     env.teardown().await
 }

@@ -26,7 +26,7 @@ async fn thousand_ids_in_five_callbacks_store_exactly_the_even_ids_and_leave_no_
         )
         .await?;
         assert_eq!(code, 202, "{body}");
-        assert_eq!(body, json!({ "accepted": 200 }));
+        assert_eq!(body, json!({ "accepted": 200, "spooled": false }));
     }
     let expected: Vec<i64> = (0..1000).filter(|id| id % 2 == 0).collect();
     let stored = env
@@ -67,8 +67,8 @@ async fn objects_expire_between_two_and_three_seconds_after_last_sighting_with_o
     })
     .await?;
     let url = env.start_producer(&[]).await?;
-    env.start_consumer(&[])?;
-    env.start_sweeper(&["--object-ttl-secs=2"])?;
+    env.start_consumer(&["--object-ttl-secs=2"])?;
+    env.start_sweeper(&[])?;
 
     let ids: Vec<i64> = (0..100).collect();
     post_ids(&url, &ids).await?;
@@ -107,25 +107,38 @@ async fn objects_expire_between_two_and_three_seconds_after_last_sighting_with_o
         );
     }
 
-    // Exactly one object.expired message per object, carrying its last_seen.
+    // Exactly one object.online and one object.expired message per object (the latter
+    // carrying its last_seen), and digests whose counts add up to the 50 expiries.
     let queue = env.topology().notifications_queue;
     let published = env
         .eventually(Duration::from_secs(3), || async {
-            Ok(env.ready(&queue).await? >= 50)
+            Ok(env.ready(&queue).await? >= 101)
         })
         .await?;
     assert!(published, "notifications were not published");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let messages = env.drain(&queue).await?;
-    assert_eq!(messages.len(), 50, "one notification per expired object");
     let mut per_id: HashMap<i64, usize> = HashMap::new();
+    let mut online: HashMap<i64, usize> = HashMap::new();
+    let mut digested = 0;
     for message in &messages {
-        assert_eq!(message.routing_key.as_str(), "object.expired");
         assert!(
             message.properties.message_id().is_some(),
             "message_id is set"
         );
         let body: serde_json::Value = serde_json::from_slice(&message.data)?;
+        match message.routing_key.as_str() {
+            "object.online" => {
+                let id = body["object_id"].as_i64().expect("object_id is an integer");
+                *online.entry(id).or_default() += 1;
+                continue;
+            }
+            "digest" => {
+                digested += body["expired"].as_u64().expect("expired is a count");
+                continue;
+            }
+            key => assert_eq!(key, "object.expired"),
+        }
         let id = body["object_id"].as_i64().expect("object_id is an integer");
         let seen: DateTime<Utc> = body["last_seen"].as_str().expect("last_seen").parse()?;
         let expired: DateTime<Utc> = body["expired_at"].as_str().expect("expired_at").parse()?;
@@ -139,6 +152,9 @@ async fn objects_expire_between_two_and_three_seconds_after_last_sighting_with_o
         );
         *per_id.entry(id).or_default() += 1;
     }
+    assert_eq!(digested, 50, "the digests count every expiry once");
+    assert_eq!(online.len(), 50);
+    assert!(online.values().all(|n| *n == 1));
     assert_eq!(per_id.len(), 50);
     assert!(per_id.values().all(|n| *n == 1));
     env.teardown().await
@@ -157,8 +173,15 @@ async fn consumer_shutdown_lets_in_flight_checks_commit_and_ack() -> anyhow::Res
     let consumer = env.start_consumer(&[])?;
     let ids: Vec<i64> = (0..200).collect();
     post_ids(&url, &ids).await?;
-    // Stop while every check is still waiting for the status service.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Stop once the consumer holds every message, while its checks still wait for the
+    // status service (800 ms or more).
+    let checks = env.topology().checks_queue;
+    let taken = env
+        .eventually(Duration::from_secs(10), || async {
+            Ok(env.ready(&checks).await? == 0)
+        })
+        .await?;
+    assert!(taken, "the consumer did not take the messages");
     env.stop(consumer).await?;
 
     assert_eq!(

@@ -30,13 +30,25 @@ pub enum AmqpError {
     },
     #[error("stopped while connecting to RabbitMQ")]
     Cancelled,
+    #[error(
+        "queue {queue:?} already exists with other arguments than these settings give it (DELIVERY_LIMIT, TOPOLOGY_PREFIX): {reason}. Keep the settings it was created with, or delete the queue (its messages with it) and restart"
+    )]
+    QueueMismatch { queue: String, reason: String },
 }
 
-/// The backoff used for every reconnection: exponential from 100 ms up to 5 s, with jitter.
+impl AmqpError {
+    /// True for errors no retry can fix: the process should stop and say why.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::QueueMismatch { .. })
+    }
+}
+
+/// The backoff used for every reconnection: exponential from 100 ms, capped at 2.5 s,
+/// plus a random jitter of up to the delay itself, so at most 5 s between attempts.
 pub fn reconnect_backoff() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
+        .with_max_delay(Duration::from_millis(2500))
         .with_jitter()
         .without_max_times()
 }
@@ -75,6 +87,23 @@ pub async fn confirm_channel(connection: &Connection) -> Result<Channel, AmqpErr
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     Ok(channel)
+}
+
+/// Header holding the request id of the callback a message came from.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Adds the `x-request-id` header (when there is an id) to `properties`, keeping the
+/// headers they already have.
+pub fn with_request_id(properties: BasicProperties, request_id: Option<&str>) -> BasicProperties {
+    let Some(id) = request_id else {
+        return properties;
+    };
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        REQUEST_ID_HEADER.into(),
+        lapin::types::AMQPValue::LongString(id.into()),
+    );
+    properties.with_headers(headers)
 }
 
 /// Properties of a persistent JSON message.

@@ -67,14 +67,48 @@ pub struct CheckMessage {
     pub object_ids: Vec<ObjectId>,
     /// When the producer accepted the callback these ids came in.
     pub accepted_at: DateTime<Utc>,
+    /// The request id of that callback (the `x-request-id` header), so its ids can be
+    /// followed through the consumers' logs, retries and dead letters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The callback's `ttl_secs`: how long after a sighting its objects expire. Absent:
+    /// the consumer's `OBJECT_TTL_SECS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u32>,
 }
 
-/// The body of an `object.expired` notification.
+/// The body of an `object.expired` notification: the object's stretch online, its
+/// deadline, and when it was expired.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExpiredNotification {
     pub event: String,
     pub object_id: ObjectId,
+    pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub expired_at: DateTime<Utc>,
+}
+
+/// The body of an `object.online` notification: first seen, or back after it expired.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineNotification {
+    pub event: String,
+    pub object_id: ObjectId,
+    pub seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The body of a `digest` notification: one per expiry transaction, so a receiver can
+/// take one message instead of one per object when many expire at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DigestNotification {
+    pub event: String,
+    /// How many objects expired in this transaction.
+    pub expired: u64,
+    /// Their ids, up to a cap (see `truncated`).
+    pub object_ids: Vec<ObjectId>,
+    /// True when `object_ids` holds fewer ids than `expired`.
+    pub truncated: bool,
     pub expired_at: DateTime<Utc>,
 }
 
@@ -104,6 +138,8 @@ mod tests {
         let msg = CheckMessage {
             object_ids: vec![ObjectId(4), ObjectId(5)],
             accepted_at: Utc::now(),
+            request_id: Some("req-1".into()),
+            ttl_secs: Some(60),
         };
         let back: CheckMessage =
             serde_json::from_slice(&serde_json::to_vec(&msg).unwrap()).unwrap();

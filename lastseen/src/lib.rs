@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod limits;
+pub mod ops;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -18,12 +18,19 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use crate::amqp::{AmqpError, no_args};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 
 /// Routing key of check messages on the callbacks exchange.
 pub const CHECK_ROUTING_KEY: &str = "check";
 
 /// Routing key of the notification raised when an object expires.
 pub const EXPIRED_ROUTING_KEY: &str = "object.expired";
+
+/// Routing key of an object coming online: first seen, or back after it expired.
+pub const ONLINE_ROUTING_KEY: &str = "object.online";
+
+/// Routing key of the digest of one expiry transaction (counts, and ids up to a cap).
+pub const DIGEST_ROUTING_KEY: &str = "digest";
 
 /// Names of exchanges and queues; tests give each run its own prefix.
 #[derive(Debug, Clone, Args)]
@@ -193,10 +200,26 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Resul
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    channel
+    match channel
         .queue_declare(ShortString::from(name), options, args)
-        .await?;
-    Ok(())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) => match err.kind() {
+            lapin::ErrorKind::ProtocolError(amqp)
+                if matches!(
+                    amqp.kind(),
+                    AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+                ) =>
+            {
+                Err(AmqpError::QueueMismatch {
+                    queue: name.to_owned(),
+                    reason: amqp.get_message().to_string(),
+                })
+            }
+            _ => Err(err.into()),
+        },
+    }
 }
 
 async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), AmqpError> {

@@ -1,6 +1,7 @@
 //! The producer's settings, from flags, the environment or `.env`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -27,17 +28,35 @@ pub struct Config {
     pub ids_per_message: u32,
 
     /// How long a callback may wait for RabbitMQ to confirm its messages before it is
-    /// answered 503 with Retry-After (milliseconds, per 1,000 messages of the callback).
-    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value = "800", value_parser = parse_positive_millis)]
+    /// written to the local spool instead (milliseconds, per 1,000 messages of the
+    /// callback). While RabbitMQ is unreachable, callbacks go to the spool at once.
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value = "200", value_parser = parse_positive_millis)]
     pub publish_timeout_ms: Duration,
+
+    /// The local durable spool file (redb) that holds callbacks while RabbitMQ cannot
+    /// take them; drained into RabbitMQ when it answers again, also after a restart.
+    /// Its folder is created if missing. Keep it on a local disk that outlives the process.
+    #[arg(long, env = "SPOOL_PATH", default_value = "spool/producer.redb")]
+    pub spool_path: PathBuf,
+
+    /// Most ids the spool holds; beyond it callbacks get 503 with Retry-After.
+    #[arg(long, env = "SPOOL_MAX_IDS", default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub spool_max_ids: u64,
 
     /// Confirm-mode channels the producer spreads its publishes over.
     #[arg(long, env = "PUBLISH_CHANNELS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub publish_channels: u32,
 
-    /// Longest time a client may take to send its request body (milliseconds).
+    /// Longest time a client may take to send its whole request body, however steadily it
+    /// trickles (milliseconds); a slower one is answered 400 `unreadable_body`.
     #[arg(long, env = "REQUEST_BODY_TIMEOUT_MS", default_value = "5000", value_parser = parse_positive_millis)]
     pub request_body_timeout_ms: Duration,
+
+    /// Longest time a client may take to send its request headers, and longest a
+    /// keep-alive connection may sit idle before its next request (milliseconds); a slower
+    /// one is disconnected.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_millis)]
+    pub header_read_timeout_ms: Duration,
 
     #[command(flatten)]
     pub amqp: AmqpArgs,

@@ -1,13 +1,19 @@
 //! The producer: `POST /callback` takes a batch of object ids, splits it into check
-//! messages and answers 202 only once RabbitMQ has confirmed and routed every one.
+//! messages and answers 202 only once RabbitMQ has confirmed and routed every one, or,
+//! when RabbitMQ cannot, once they are committed to the local durable spool.
 
 mod callback;
 mod config;
+mod drain;
+pub mod openapi;
 mod publisher;
 mod routes;
+mod server;
+mod spool;
 mod startup;
 
-pub use callback::{CallbackRequest, check_messages};
+pub use callback::{BodyError, CallbackRequest, check_messages};
 pub use config::Config;
 pub use publisher::{CallbackPublisher, PublishError};
+pub use spool::{Spool, SpoolError};
 pub use startup::Application;

@@ -86,7 +86,12 @@ impl CallbackPublisher {
                 }
                 Err(err) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(error = %err, ?delay, "RabbitMQ not reachable, retrying");
+                    if err.is_fatal() {
+                        // Callbacks still go to the spool while an admin fixes this.
+                        tracing::error!(error = %err, ?delay, "cannot use RabbitMQ with these settings");
+                    } else {
+                        tracing::warn!(error = %err, ?delay, "RabbitMQ not reachable, retrying");
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = shutdown.cancelled() => break,
@@ -169,14 +174,32 @@ impl CallbackPublisher {
                 None => slots[start % slots.len()].lock().await,
             };
         let remaining = bound.saturating_sub(started.elapsed());
+        let publishing = std::time::Instant::now();
         let result =
             match tokio::time::timeout(remaining, self.publish_on(&channel, messages)).await {
                 Ok(result) => result.map_err(PublishError::from),
                 Err(_) => Err(PublishError::Timeout),
             };
+        let outcome = if result.is_ok() {
+            "confirmed"
+        } else {
+            "failed"
+        };
+        metrics::histogram!("lastseen_publish_confirm_seconds", "outcome" => outcome)
+            .record(publishing.elapsed().as_secs_f64());
+        if result.is_ok() {
+            let ids: usize = messages.iter().map(|m| m.object_ids.len()).sum();
+            metrics::counter!("lastseen_ids_published_total").increment(ids as u64);
+        }
         if let Err(err) = &result {
-            tracing::warn!(error = %err, "publish failed; the session will be renewed");
-            self.discard(&session);
+            // A broken channel or connection is renewed; a slow or refused confirm on a
+            // healthy channel is not a reason to drop every other callback's publishes.
+            if session.is_usable() && channel.status().connected() {
+                tracing::warn!(error = %err, "publish not confirmed in time");
+            } else {
+                tracing::warn!(error = %err, "publish failed; the session will be renewed");
+                self.discard(&session);
+            }
         }
         result
     }
@@ -195,7 +218,7 @@ impl CallbackPublisher {
                     &self.topology.callbacks_exchange,
                     CHECK_ROUTING_KEY,
                     &body,
-                    amqp::persistent_json(),
+                    amqp::with_request_id(amqp::persistent_json(), message.request_id.as_deref()),
                 )
                 .await?,
             );
@@ -205,8 +228,6 @@ impl CallbackPublisher {
     }
 
     /// Drops a session that failed (unless it was already replaced) and wakes the keeper.
-    /// A timed-out or refused publish may leave confirms pending on its channel, so the
-    /// whole session is renewed rather than reused.
     fn discard(&self, failed: &Arc<Session>) {
         self.session_tx.send_if_modified(|current| {
             if current.as_ref().is_some_and(|s| Arc::ptr_eq(s, failed)) {

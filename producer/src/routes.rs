@@ -14,20 +14,30 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::callback::{BodyError, CallbackRequest, check_messages};
-use crate::publisher::{CallbackPublisher, PublishError};
+use crate::publisher::CallbackPublisher;
+use crate::spool::{Spool, SpoolError};
+
+/// The header carrying a callback's request id (set by the client, or by us).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Longest request id carried into messages and logs; a longer one is cut.
+const REQUEST_ID_MAX_CHARS: usize = 128;
 
 /// What every handler shares.
 pub struct AppState {
     pub publisher: Arc<CallbackPublisher>,
+    pub spool: Arc<Spool>,
     pub ids_per_message: usize,
     pub publish_timeout: Duration,
     pub max_body_bytes: u64,
 }
 
-/// The 202 answer: how many distinct ids were accepted.
-#[derive(Debug, Serialize)]
+/// The 202 answer: how many distinct ids were accepted, and whether they went to the
+/// local spool (RabbitMQ unavailable; they are published when it is back).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub accepted: usize,
+    pub spooled: bool,
 }
 
 /// Why a callback was not accepted; each maps to a status and a JSON body.
@@ -41,8 +51,10 @@ pub enum CallbackError {
     Body(String),
     #[error(transparent)]
     Invalid(#[from] BodyError),
-    #[error("the callback was not accepted, retry it later: {0}")]
-    Unavailable(#[from] PublishError),
+    #[error(
+        "RabbitMQ is unavailable and the spool could not take the callback; retry it later: {0}"
+    )]
+    Unavailable(#[from] SpoolError),
 }
 
 impl CallbackError {
@@ -65,6 +77,7 @@ impl CallbackError {
 impl IntoResponse for CallbackError {
     fn into_response(self) -> Response {
         let (status, code) = self.code();
+        metrics::counter!("lastseen_callbacks_total", "outcome" => code).increment(1);
         let body = Json(json!({ "error": code, "message": self.to_string() }));
         let mut response = (status, body).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -98,7 +111,52 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), CallbackError> {
     }
 }
 
-/// `POST /callback`: validate, de-duplicate, publish with confirms, then answer 202.
+/// `POST /callback`: validate, de-duplicate, publish with confirms (or, when RabbitMQ
+/// cannot confirm in time, commit to the local spool), then answer 202.
+#[utoipa::path(
+    post,
+    path = "/callback",
+    tag = "callbacks",
+    summary = "Report objects seen alive",
+    description = "Validates the body, removes duplicate ids and answers 202 once the ids are durable. \
+                   Every error is answered with a JSON body `{\"error\": code, \"message\": text}`.",
+    request_body(
+        content = CallbackRequest,
+        content_type = "application/json",
+        description = "The ids of objects seen alive; duplicates are allowed and removed. \
+                       A missing Content-Type is taken as JSON.",
+    ),
+    responses(
+        (status = 202, body = Accepted,
+            description = "Accepted and durable: `accepted` distinct ids were published to RabbitMQ \
+                           with confirms, or, when `spooled` is true, written to the producer's \
+                           local durable spool because RabbitMQ was unavailable; spooled ids are \
+                           published once RabbitMQ is back.",
+            example = json!({"accepted": 3, "spooled": false})),
+        (status = 400, body = crate::openapi::ErrorBody,
+            description = "`malformed_json`: not JSON or cut short; `unreadable_body`: the body \
+                           could not be read (broken off, or slower than REQUEST_BODY_TIMEOUT_MS). \
+                           Nothing is published.",
+            example = json!({"error": "malformed_json", "message": "malformed JSON: EOF while parsing a list at line 1 column 17"})),
+        (status = 413, body = crate::openapi::ErrorBody,
+            description = "`body_too_large`: the body exceeds MAX_BODY_BYTES. Nothing is published.",
+            example = json!({"error": "body_too_large", "message": "request body is larger than the limit of 1048576 bytes"})),
+        (status = 415, body = crate::openapi::ErrorBody,
+            description = "`unsupported_media_type`: a Content-Type other than application/json \
+                           (or application/*+json). Nothing is published.",
+            example = json!({"error": "unsupported_media_type", "message": "content type must be application/json, got \"text/plain\""})),
+        (status = 422, body = crate::openapi::ErrorBody,
+            description = "`invalid_callback`: JSON, but `object_ids` is missing, not an array, or \
+                           holds an id that is negative, fractional, above 2^63-1 or not a number. \
+                           Nothing is published.",
+            example = json!({"error": "invalid_callback", "message": "invalid callback: invalid value: integer `-1`, expected an object id: an integer from 0 to 9223372036854775807 at line 1 column 17"})),
+        (status = 503, body = crate::openapi::ErrorBody,
+            description = "`unavailable`: RabbitMQ could not take the callback and neither could the \
+                           spool. Nothing was accepted; retrying is safe.",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying")),
+            example = json!({"error": "unavailable", "message": "RabbitMQ is unavailable and the spool could not take the callback; retry it later: the spool is full"})),
+    )
+)]
 pub async fn callback(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -116,39 +174,105 @@ pub async fn callback(
     })?;
     let request = CallbackRequest::parse(&body)?;
     let ids = request.distinct_ids();
-    let messages = check_messages(&ids, state.ids_per_message, Utc::now());
+    let mut messages = check_messages(&ids, state.ids_per_message, Utc::now());
+    let request_id = headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|id| id.chars().take(REQUEST_ID_MAX_CHARS).collect::<String>());
+    for message in &mut messages {
+        message.request_id.clone_from(&request_id);
+        message.ttl_secs = request.ttl_secs;
+    }
     // The bound is per 1,000 messages, so a 10,000-id callback gets the time it needs
     // while an ordinary one is answered well within a client's 1 s timeout.
     let thousands = u32::try_from(messages.len().div_ceil(1000).max(1)).unwrap_or(u32::MAX);
     let bound = state.publish_timeout.saturating_mul(thousands);
-    state.publisher.publish(&messages, bound).await?;
+    let spooled = if messages.is_empty() {
+        false
+    } else if !state.publisher.is_connected() {
+        true
+    } else if let Err(err) = state.publisher.publish(&messages, bound).await {
+        tracing::warn!(error = %err, ids = ids.len(), "publish failed; spooling the callback");
+        true
+    } else {
+        false
+    };
+    if spooled {
+        state.spool.append(&messages).await?;
+        metrics::counter!("lastseen_ids_spooled_total").increment(ids.len() as u64);
+    }
+    let outcome = if spooled { "spooled" } else { "published" };
+    metrics::counter!("lastseen_callbacks_total", "outcome" => outcome).increment(1);
+    metrics::counter!("lastseen_ids_accepted_total").increment(ids.len() as u64);
     tracing::debug!(
         ids = ids.len(),
         messages = messages.len(),
+        spooled,
         "callback accepted"
     );
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
             accepted: ids.len(),
+            spooled,
         }),
     ))
 }
 
 /// `GET /healthz`: the process is alive.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    summary = "Liveness",
+    responses((status = 200, body = crate::openapi::Health, description = "Alive", example = json!({"status": "ok"})))
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: RabbitMQ answers; otherwise 503 naming it.
+/// `GET /readyz`: 200 "ready" when RabbitMQ answers and the spool is empty; 200
+/// "degraded" while callbacks go to (or wait in) the spool, since callbacks are still
+/// accepted; 503 "not ready" only when RabbitMQ is down and the spool cannot write.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    summary = "Readiness: whether callbacks are accepted",
+    responses(
+        (status = 200, body = crate::openapi::Readiness,
+            description = "Callbacks are accepted: `ready`, or `degraded` while they go to or wait \
+                           in the local spool (RabbitMQ unavailable).",
+            example = json!({"status": "ready"})),
+        (status = 503, body = crate::openapi::Readiness,
+            description = "`not ready`: callbacks are not accepted now.",
+            example = json!({"status": "not ready", "reason": "the spool cannot write", "rabbitmq": "not connected; reconnecting with backoff"})),
+    )
+)]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.publisher.is_connected() {
-        Json(json!({ "status": "ready" })).into_response()
+    let connected = state.publisher.is_connected();
+    let spool = &state.spool;
+    let rabbitmq = if connected {
+        "connected"
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not ready", "rabbitmq": "not connected; reconnecting with backoff" })),
-        )
-            .into_response()
+        "not connected; reconnecting with backoff"
+    };
+    if connected && spool.pending_callbacks() == 0 {
+        return Json(json!({ "status": "ready" })).into_response();
     }
+    let body = json!({
+        "status": if spool.is_writable() { "degraded" } else { "not ready" },
+        "reason": if spool.is_writable() { "spooling" } else { "the spool cannot write" },
+        "rabbitmq": rabbitmq,
+        "spool": {
+            "pending_callbacks": spool.pending_callbacks(),
+            "pending_ids": spool.pending_ids(),
+        },
+    });
+    let status = if spool.is_writable() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }

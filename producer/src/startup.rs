@@ -11,12 +11,15 @@ use axum::routing::{get, post};
 use lastseen::topology::Topology;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::{RequestBodyDeadlineLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
+use crate::drain::drain_spool;
 use crate::publisher::CallbackPublisher;
 use crate::routes::{self, AppState};
+use crate::spool::Spool;
 
 /// Bound on a whole request, so no client holds a connection's resources forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,13 +32,20 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     publisher: Arc<CallbackPublisher>,
+    spool: Arc<Spool>,
     keeper: tokio::task::JoinHandle<()>,
+    drain: tokio::task::JoinHandle<()>,
     keeper_stop: CancellationToken,
+    header_read_timeout: Duration,
 }
 
 impl Application {
-    /// Binds the listener. RabbitMQ need not be up: callbacks get 503 until it is.
+    /// Opens the spool and binds the listener. RabbitMQ need not be up: callbacks go to
+    /// the spool until it is.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Installed before anything is counted; served at /metrics.
+        lastseen::ops::metrics_handle();
+        let spool = Arc::new(Spool::open(&config.spool_path, config.spool_max_ids)?);
         let topology = Topology::new(&config.topology);
         let publisher = CallbackPublisher::new(
             config.amqp.amqp_url.clone(),
@@ -50,10 +60,16 @@ impl Application {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if !publisher.is_connected() {
-            tracing::warn!("RabbitMQ is not reachable yet; callbacks get 503 until it is");
+            tracing::warn!("RabbitMQ is not reachable yet; callbacks go to the spool until it is");
         }
+        let drain = tokio::spawn(drain_spool(
+            spool.clone(),
+            publisher.clone(),
+            keeper_stop.clone(),
+        ));
         let state = Arc::new(AppState {
             publisher: publisher.clone(),
+            spool: spool.clone(),
             ids_per_message: config.ids_per_message as usize,
             publish_timeout: config.publish_timeout_ms,
             max_body_bytes: config.max_body_bytes,
@@ -63,13 +79,23 @@ impl Application {
             .route("/callback", post(routes::callback))
             .route("/healthz", get(routes::healthz))
             .route("/readyz", get(routes::readyz))
+            .route("/metrics", get(lastseen::ops::metrics))
+            .route("/openapi.json", get(crate::openapi::document))
             .layer(DefaultBodyLimit::max(body_limit))
-            .layer(RequestBodyTimeoutLayer::new(config.request_body_timeout_ms))
+            // A deadline on the whole body, not on the gap between bytes: a body trickled
+            // at a byte a second must not hold the request open either.
+            .layer(RequestBodyDeadlineLayer::new(
+                config.request_body_timeout_ms,
+            ))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 REQUEST_TIMEOUT,
             ))
-            .layer(TraceLayer::new_for_http())
+            // Every request gets an id (the client's `x-request-id`, or a new UUID): it is in
+            // the request's log span, in the answer, and in the check messages.
+            .layer(TraceLayer::new_for_http().make_span_with(request_span))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .with_state(state);
         let listener = TcpListener::bind(config.callback_addr)
             .await
@@ -78,8 +104,11 @@ impl Application {
             listener,
             router,
             publisher,
+            spool,
             keeper,
+            drain,
             keeper_stop,
+            header_read_timeout: config.header_read_timeout_ms,
         })
     }
 
@@ -95,19 +124,43 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "producer listening");
         let stopping = shutdown.clone();
-        let server = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { stopping.cancelled().await });
+        let server = crate::server::serve(
+            self.listener,
+            self.router,
+            self.header_read_timeout,
+            stopping,
+        );
         tokio::select! {
-            result = server => result.context("HTTP server failed")?,
+            () = server => {}
             () = async {
                 shutdown.cancelled().await;
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             } => tracing::warn!("in-flight callbacks did not finish within the grace period"),
         }
         self.keeper_stop.cancel();
+        let _ = self.drain.await;
         let _ = self.keeper.await;
         self.publisher.close().await;
-        tracing::info!("producer stopped");
+        self.spool.close().await;
+        tracing::info!(
+            spooled_callbacks_left = self.spool.pending_callbacks(),
+            "producer stopped"
+        );
         Ok(())
     }
+}
+
+/// The log span of one request, with its request id.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(routes::REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri(),
+        request_id,
+    )
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 #[test]
 fn json_log_format_writes_one_json_object_per_line() {
+    let spool = tempfile::tempdir().expect("a temporary folder for the spool");
     let mut child = Command::new(env!("CARGO_BIN_EXE_producer"))
+        .env("SPOOL_PATH", spool.path().join("producer.redb"))
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .env("CALLBACK_ADDR", "127.0.0.1:0")

@@ -1,19 +1,17 @@
 //! The sweeper's settings, from flags, the environment or `.env`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
 use lastseen::config::{AmqpArgs, DatabaseArgs, LogArgs, parse_positive_millis};
 use lastseen::topology::TopologyArgs;
 
-/// Expires silent objects and publishes a notification for each.
+/// Expires objects at their deadline (`expires_at`, set by the consumer from the
+/// callback's TTL) and publishes the notifications.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "sweeper", version, args_override_self = true)]
 pub struct Config {
-    /// An object not seen online for this many seconds is expired.
-    #[arg(long, env = "OBJECT_TTL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=31_536_000))]
-    pub object_ttl_secs: u32,
-
     /// Longest pause between two sweeps (milliseconds); the sweeper wakes earlier when
     /// the oldest object's deadline comes first.
     #[arg(long, env = "SWEEP_INTERVAL_MS", default_value = "1000", value_parser = parse_positive_millis)]
@@ -27,6 +25,31 @@ pub struct Config {
     #[arg(long, env = "RELAY_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub relay_batch: u32,
 
+    /// Also deliver every notification to this URL (POST, JSON, signed); unset: off.
+    #[arg(long, env = "NOTIFY_WEBHOOK_URL", requires = "notify_webhook_secret", value_parser = parse_webhook_url)]
+    pub notify_webhook_url: Option<String>,
+
+    /// The key of the webhook's HMAC-SHA256 signature (header `x-lastseen-signature`).
+    #[arg(long, env = "NOTIFY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub notify_webhook_secret: Option<String>,
+
+    /// Attempts per notification before it is recorded as failed.
+    #[arg(long, env = "NOTIFY_WEBHOOK_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub notify_webhook_max_attempts: u32,
+
+    /// Timeout of one webhook request (milliseconds).
+    #[arg(long, env = "NOTIFY_WEBHOOK_TIMEOUT_MS", default_value = "5000", value_parser = parse_positive_millis)]
+    pub notify_webhook_timeout_ms: Duration,
+
+    /// Delay after a failed attempt (milliseconds); it doubles up to 5 minutes.
+    #[arg(long, env = "NOTIFY_WEBHOOK_RETRY_BASE_MS", default_value = "1000", value_parser = parse_positive_millis)]
+    pub notify_webhook_retry_base_ms: Duration,
+
+    /// Where `/metrics` (Prometheus), `/healthz` and `/readyz` are served; port 0 picks
+    /// a free one (logged).
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9102")]
+    pub metrics_addr: SocketAddr,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 
@@ -38,4 +61,16 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+fn parse_webhook_url(value: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(value).map_err(|e| format!("not a URL: {e}"))?;
+    if matches!(url.scheme(), "http" | "https") {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "expected an http:// or https:// URL, got {:?}",
+            url.scheme()
+        ))
+    }
 }

@@ -1,30 +1,29 @@
-//! Expiry: delete objects whose last sighting is older than the TTL and record their
-//! `object.expired` notifications in the same transaction.
+//! Expiry: delete objects whose deadline (`expires_at`) has passed, keep their stretch in
+//! the history, and record their `object.expired` notifications and one `digest`, all in
+//! the same transaction.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lastseen::domain::ExpiredNotification;
+use lastseen::domain::{DigestNotification, ExpiredNotification};
 use lastseen::store::{notifications, objects};
-use lastseen::topology::EXPIRED_ROUTING_KEY;
+use lastseen::topology::{DIGEST_ROUTING_KEY, EXPIRED_ROUTING_KEY};
 use sqlx::PgPool;
 
 /// Shortest pause between sweeps, so rows another sweeper holds cannot cause a hot loop.
 pub const MIN_PAUSE: Duration = Duration::from_millis(20);
 
-/// Expires every object due at `now`, in transactions of at most `batch` objects.
-/// Returns how many were expired.
-pub async fn sweep(
-    pool: &PgPool,
-    ttl: Duration,
-    batch: u32,
-    now: DateTime<Utc>,
-) -> sqlx::Result<u64> {
-    let cutoff = now - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+/// Most ids a digest lists; the count covers them all.
+pub const DIGEST_MAX_IDS: usize = 1_000;
+
+/// Expires every object due, in transactions of at most `batch` objects, each stamped
+/// with its own time. Returns how many were expired.
+pub async fn sweep(pool: &PgPool, batch: u32) -> sqlx::Result<u64> {
     let mut total = 0;
     loop {
+        let now = Utc::now();
         let mut tx = pool.begin().await?;
-        let expired = objects::delete_expired(&mut tx, cutoff, i64::from(batch)).await?;
+        let expired = objects::expire_due(&mut tx, now, i64::from(batch)).await?;
         if expired.is_empty() {
             tx.commit().await?;
             return Ok(total);
@@ -36,14 +35,26 @@ pub async fn sweep(
                 serde_json::to_value(ExpiredNotification {
                     event: EXPIRED_ROUTING_KEY.to_owned(),
                     object_id: e.id,
+                    first_seen: e.first_seen,
                     last_seen: e.last_seen,
+                    expires_at: e.expires_at,
                     expired_at: now,
                 })
                 .expect("a notification always serializes")
             })
             .collect();
         notifications::record(&mut tx, EXPIRED_ROUTING_KEY, &ids, &payloads).await?;
+        let digest = DigestNotification {
+            event: DIGEST_ROUTING_KEY.to_owned(),
+            expired: expired.len() as u64,
+            object_ids: expired.iter().take(DIGEST_MAX_IDS).map(|e| e.id).collect(),
+            truncated: expired.len() > DIGEST_MAX_IDS,
+            expired_at: now,
+        };
+        let digest = serde_json::to_value(digest).expect("a digest always serializes");
+        notifications::record_digest(&mut tx, DIGEST_ROUTING_KEY, &digest).await?;
         tx.commit().await?;
+        record_expiry_metrics(&expired, Utc::now());
         total += expired.len() as u64;
         if expired.len() < batch as usize {
             return Ok(total);
@@ -51,17 +62,27 @@ pub async fn sweep(
     }
 }
 
-/// How long to sleep before the next sweep: until the oldest object's deadline, but no
-/// longer than `interval` and no shorter than [`MIN_PAUSE`].
-pub async fn pause_before_next(
-    pool: &PgPool,
-    ttl: Duration,
-    interval: Duration,
-) -> sqlx::Result<Duration> {
-    let Some(oldest) = objects::oldest_last_seen(pool).await? else {
+/// Objects expired and, for each, how late after its deadline the expiry committed.
+fn record_expiry_metrics(expired: &[objects::Expired], committed: DateTime<Utc>) {
+    let lag = metrics::histogram!("lastseen_expiry_lag_seconds");
+    for object in expired {
+        let late = committed - object.expires_at;
+        lag.record(late.to_std().unwrap_or(Duration::ZERO).as_secs_f64());
+    }
+    let count = expired.len() as u64;
+    metrics::counter!("lastseen_objects_expired_total").increment(count);
+    metrics::counter!("lastseen_notifications_recorded_total", "routing_key" => EXPIRED_ROUTING_KEY)
+        .increment(count);
+    metrics::counter!("lastseen_notifications_recorded_total", "routing_key" => DIGEST_ROUTING_KEY)
+        .increment(1);
+}
+
+/// How long to sleep before the next sweep: until the earliest deadline, but no longer
+/// than `interval` and no shorter than [`MIN_PAUSE`].
+pub async fn pause_before_next(pool: &PgPool, interval: Duration) -> sqlx::Result<Duration> {
+    let Some(deadline) = objects::next_deadline(pool).await? else {
         return Ok(interval);
     };
-    let deadline = oldest + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
     let until = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
     Ok(until.clamp(MIN_PAUSE, interval.max(MIN_PAUSE)))
 }

@@ -1,10 +1,11 @@
-//! The sweeper: deletes objects not seen online for their TTL, records one notification
-//! per expiry in the same transaction, and relays notifications to RabbitMQ.
+//! The sweeper: deletes objects at their deadline, records their notifications in the same
+//! transaction, relays notifications to RabbitMQ and, if set, to a webhook.
 
 mod config;
 mod expiry;
 mod relay;
 mod startup;
+pub mod webhook;
 
 pub use config::Config;
 pub use startup::Application;

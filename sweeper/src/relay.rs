@@ -18,6 +18,13 @@ pub enum RelayError {
     Db(#[from] sqlx::Error),
 }
 
+impl RelayError {
+    /// True when retrying cannot help (see [`AmqpError::is_fatal`]).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Amqp(err) if err.is_fatal())
+    }
+}
+
 /// Publishes notifications, holding one confirm-mode channel and renewing it on failure.
 pub struct Relay {
     amqp_url: String,
@@ -52,6 +59,11 @@ impl Relay {
 
     /// Publishes every pending notification; returns how many were published.
     pub async fn drain(&mut self, pool: &PgPool) -> Result<u64, RelayError> {
+        // Connect even with nothing to publish, so readiness reflects RabbitMQ.
+        if let Err(err) = self.channel().await {
+            self.session = None;
+            return Err(err.into());
+        }
         let mut total = 0;
         loop {
             let published = self.round(pool).await;
@@ -95,7 +107,15 @@ impl Relay {
         let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
         notifications::mark_published(&mut tx, &ids).await?;
         tx.commit().await?;
+        metrics::counter!("lastseen_notifications_published_total").increment(ids.len() as u64);
         Ok(ids.len() as u64)
+    }
+
+    /// True when the relay holds a live connection to RabbitMQ.
+    pub fn is_connected(&self) -> bool {
+        self.session.as_ref().is_some_and(|(conn, channel)| {
+            conn.status().connected() && channel.status().connected()
+        })
     }
 
     /// Forgets the session (after a round was abandoned with confirms pending).

@@ -1,18 +1,27 @@
 //! Running the sweeper: sweep when the next deadline is due, relay the outbox, and on
 //! shutdown finish the current batch.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use lastseen::ops::{self, Dependency, OpsServer, ReadinessProbe};
+use lastseen::store::notifications;
 use lastseen::topology::Topology;
+use sqlx::PgPool;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::expiry;
 use crate::relay::Relay;
+use crate::webhook::{self, WebhookSettings};
 
 /// Pause after a failed round, so an outage is retried without spinning.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// How often the relay looks for pending notifications when no sweep woke it.
+const RELAY_POLL: Duration = Duration::from_millis(100);
 
 /// Longest a relay round may take (connect, publish, confirms) before it is abandoned.
 const RELAY_ROUND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,51 +39,56 @@ impl Application {
     /// Sweeps and relays until `shutdown` fires; a round in progress is finished first.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config;
-        let ttl = Duration::from_secs(u64::from(config.object_ttl_secs));
+        // Health and metrics first, so a probe sees the process while it waits for PostgreSQL.
+        let database = Arc::new(OnceLock::new());
+        let relay_connected = Arc::new(AtomicBool::new(false));
+        let ops = OpsServer::bind(
+            config.metrics_addr,
+            readiness(database.clone(), relay_connected.clone()),
+        )
+        .await?
+        .spawn();
         let pool = match lastseen::db::connect_and_migrate(&config.database, &shutdown).await {
             Ok(pool) => pool,
             Err(lastseen::db::DbError::Cancelled) => return Ok(()),
             Err(err) => return Err(err.into()),
         };
-        let mut relay = Relay::new(
+        let _ = database.set(pool.clone());
+        let relay = Relay::new(
             config.amqp.amqp_url.clone(),
             Topology::new(&config.topology),
             config.relay_batch,
         );
-        tracing::info!(ttl_secs = config.object_ttl_secs, "sweeper running");
+        // The relay runs beside expiry: publishing never delays the next sweep, and a
+        // slow or blocked broker never stops expiry.
+        let expired = Arc::new(Notify::new());
+        let relay_task = tokio::spawn(relay_outbox(
+            relay,
+            pool.clone(),
+            expired.clone(),
+            relay_connected,
+            shutdown.clone(),
+        ));
+        let webhook_task = webhook_settings(&config)
+            .map(|settings| tokio::spawn(webhook::run(settings, pool.clone(), shutdown.clone())));
+        tracing::info!("sweeper running");
         while !shutdown.is_cancelled() {
             let mut failed = false;
-            match expiry::sweep(&pool, ttl, config.sweep_batch, Utc::now()).await {
+            match expiry::sweep(&pool, config.sweep_batch).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "objects expired"),
+                Ok(n) => {
+                    tracing::info!(expired = n, "objects expired");
+                    expired.notify_one();
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "sweep failed");
-                    failed = true;
-                }
-            }
-            // Bounded, and abandoned on shutdown: a blocked broker (memory or disk alarm)
-            // must not stop expiry or shutdown. Unconfirmed rows stay pending.
-            let relayed = tokio::select! {
-                r = tokio::time::timeout(RELAY_ROUND_TIMEOUT, relay.drain(&pool)) => r,
-                () = shutdown.cancelled() => break,
-            };
-            match relayed {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::debug!(published = n, "notifications published"),
-                Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "notification relay failed; will retry");
-                    failed = true;
-                }
-                Err(_) => {
-                    tracing::warn!(timeout = ?RELAY_ROUND_TIMEOUT, "notification relay timed out; reconnecting");
-                    relay.reset();
                     failed = true;
                 }
             }
             let pause = if failed {
                 ERROR_PAUSE
             } else {
-                expiry::pause_before_next(&pool, ttl, config.sweep_interval_ms)
+                expiry::pause_before_next(&pool, config.sweep_interval_ms)
                     .await
                     .unwrap_or_else(|err| {
                         tracing::warn!(error = %err, "cannot read the next deadline");
@@ -87,9 +101,91 @@ impl Application {
                 () = shutdown.cancelled() => {}
             }
         }
-        relay.close().await;
+        let _ = relay_task.await;
+        if let Some(task) = webhook_task {
+            let _ = task.await;
+        }
+        ops.stop().await;
         pool.close().await;
         tracing::info!("sweeper stopped");
         Ok(())
     }
+}
+
+/// The webhook's settings, when `NOTIFY_WEBHOOK_URL` is set.
+fn webhook_settings(config: &Config) -> Option<WebhookSettings> {
+    let url = config.notify_webhook_url.clone()?;
+    Some(WebhookSettings {
+        url,
+        // clap requires the secret with the URL.
+        secret: config.notify_webhook_secret.clone().unwrap_or_default(),
+        max_attempts: config.notify_webhook_max_attempts,
+        timeout: config.notify_webhook_timeout_ms,
+        retry_base: config.notify_webhook_retry_base_ms,
+    })
+}
+
+/// Publishes the outbox until `shutdown`: right after a sweep expired something, and
+/// every [`RELAY_POLL`] otherwise (another sweeper's rows, rows of consumers'
+/// `object.online`, rows left by a crash).
+async fn relay_outbox(
+    mut relay: Relay,
+    pool: PgPool,
+    expired: Arc<Notify>,
+    connected: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        // Bounded, and abandoned on shutdown: a blocked broker (memory or disk alarm) must
+        // not hold shutdown. Unconfirmed rows stay pending.
+        let relayed = tokio::select! {
+            r = tokio::time::timeout(RELAY_ROUND_TIMEOUT, relay.drain(&pool)) => r,
+            () = shutdown.cancelled() => break,
+        };
+        let mut failed = false;
+        match relayed {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(published = n, "notifications published"),
+            Ok(Err(err)) if err.is_fatal() => {
+                // Expiry goes on (notifications wait in the outbox) while this is fixed.
+                tracing::error!(error = %err, "notification relay cannot run with these settings");
+                failed = true;
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "notification relay failed; will retry");
+                failed = true;
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?RELAY_ROUND_TIMEOUT, "notification relay timed out; reconnecting");
+                relay.reset();
+                failed = true;
+            }
+        }
+        connected.store(relay.is_connected(), Ordering::Relaxed);
+        if let Ok(pending) = notifications::count_pending(&pool).await {
+            metrics::gauge!("lastseen_notifications_pending").set(pending as f64);
+        }
+        let pause = if failed { ERROR_PAUSE } else { RELAY_POLL };
+        tokio::select! {
+            () = expired.notified(), if !failed => {}
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    relay.close().await;
+}
+
+/// Ready when PostgreSQL answers and the relay holds a RabbitMQ connection.
+fn readiness(database: Arc<OnceLock<PgPool>>, relay_connected: Arc<AtomicBool>) -> ReadinessProbe {
+    Arc::new(move || {
+        let (database, relay_connected) = (database.clone(), relay_connected.clone());
+        Box::pin(async move {
+            let rabbitmq = if relay_connected.load(Ordering::Relaxed) {
+                Dependency::ok("rabbitmq")
+            } else {
+                Dependency::failing("rabbitmq", "the notification relay is not connected")
+            };
+            vec![ops::postgres_once_connected(&database).await, rabbitmq]
+        })
+    })
 }

@@ -9,7 +9,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_sweeper");
 
 #[test]
 fn bad_setting_exits_2_with_one_line_naming_it() {
-    assert_bad_setting_is_refused(Path::new(BIN), "OBJECT_TTL_SECS", "soon");
+    assert_bad_setting_is_refused(Path::new(BIN), "SWEEP_INTERVAL_MS", "soon");
+}
+
+#[test]
+fn a_webhook_url_that_is_not_http_exits_2_naming_it() {
+    assert_bad_setting_is_refused(Path::new(BIN), "NOTIFY_WEBHOOK_URL", "ftp://example.org/x");
 }
 
 #[test]
@@ -23,11 +28,13 @@ fn help_documents_every_setting_with_its_environment_variable() {
         Path::new(BIN),
         &[
             "AMQP_URL",
-            "OBJECT_TTL_SECS",
+            "METRICS_ADDR",
             "TOPOLOGY_PREFIX",
             "LOG_FORMAT",
             "DATABASE_URL",
             "SWEEP_INTERVAL_MS",
+            "NOTIFY_WEBHOOK_URL",
+            "NOTIFY_WEBHOOK_SECRET",
         ],
     );
 }

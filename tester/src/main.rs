@@ -1,4 +1,5 @@
-//! The tester binary: `tester serve` (status service) or `tester drive` (callback client).
+//! The tester binary: `tester serve` (status service), `drive` (callback client), `load`,
+//! `bench` and `chaos` (see `make bench`, `make chaos`), and `replay-dead-letters`.
 
 use std::process::ExitCode;
 
@@ -25,6 +26,14 @@ enum Command {
     Bench(tester::bench::BenchArgs),
     /// Load the producer with concurrent callbacks and report their latency.
     Load(tester::load::LoadArgs),
+    /// Move dead letters back to the work queue (after their cause is fixed).
+    ReplayDeadLetters(tester::replay::ReplayArgs),
+    /// Mass expiry with two sweepers (one killed) and a steady 10,000 expiries/s: lag,
+    /// duplicates, nothing missing (see `make expiry-bench`).
+    ExpiryBench(tester::expiry_bench::ExpiryBenchArgs),
+    /// Run the whole pipeline under load and faults, verify nothing accepted was lost
+    /// (see `make chaos`).
+    Chaos(tester::chaos::ChaosArgs),
 }
 
 #[tokio::main]
@@ -36,6 +45,11 @@ async fn main() -> ExitCode {
         Command::Serve(args) => tester::serve::run(args, shutdown).await,
         Command::Drive(args) => tester::drive::run(args, shutdown).await.map(|_| ()),
         Command::Bench(args) => tester::bench::run(args, shutdown).await,
+        Command::Chaos(args) => tester::chaos::run(args, shutdown).await,
+        Command::ExpiryBench(args) => tester::expiry_bench::run(args).await,
+        Command::ReplayDeadLetters(args) => tester::replay::run(args).await.map(|replayed| {
+            println!("{replayed}");
+        }),
         Command::Load(args) => tester::load::run(args, shutdown).await.map(|report| {
             println!("{report}");
         }),

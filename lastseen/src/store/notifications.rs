@@ -57,3 +57,25 @@ pub async fn mark_published(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> 
             .await?;
     Ok(result.rows_affected())
 }
+
+/// How many notifications wait to be published.
+pub async fn count_pending(pool: &sqlx::PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM notifications WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await
+}
+
+/// Records one notification about no single object (a digest); call inside the
+/// transaction that made the change.
+pub async fn record_digest(
+    conn: &mut PgConnection,
+    routing_key: &str,
+    payload: &serde_json::Value,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO notifications (routing_key, payload) VALUES ($1, $2)")
+        .bind(routing_key)
+        .bind(payload)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -7,80 +7,146 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::ObjectId;
 
-/// An object seen online at a moment: when the status service answered.
+/// An object seen online at a moment (when the status service answered), and the
+/// deadline that sighting gives it (`seen_at` + the callback's TTL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sighting {
     pub id: ObjectId,
     pub seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }
 
-/// An object removed for silence, with when it was last seen.
+/// An object that was not in `objects` before this sighting: first seen, or back after
+/// it expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CameOnline {
+    pub id: ObjectId,
+    pub seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An object removed at its deadline, with its stretch online.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expired {
     pub id: ObjectId,
+    pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }
 
-/// Upserts many sightings in one statement; `last_seen` never moves backwards.
+/// Upserts many sightings in one statement and returns the objects it inserted (which
+/// come online). `last_seen` never moves backwards; `expires_at` follows the latest
+/// sighting. Call inside the transaction that records their `object.online` events.
 ///
 /// Sightings of one id are merged first (a statement may not touch a row twice), and
 /// rows are written in id order so concurrent writers lock in the same order.
-pub async fn upsert_last_seen(pool: &PgPool, sightings: &[Sighting]) -> sqlx::Result<u64> {
-    let mut latest: HashMap<i64, DateTime<Utc>> = HashMap::with_capacity(sightings.len());
+pub async fn upsert_sightings(
+    conn: &mut PgConnection,
+    sightings: &[Sighting],
+) -> sqlx::Result<Vec<CameOnline>> {
+    let mut latest: HashMap<i64, Sighting> = HashMap::with_capacity(sightings.len());
     for s in sightings {
         latest
             .entry(s.id.get())
-            .and_modify(|t| *t = (*t).max(s.seen_at))
-            .or_insert(s.seen_at);
+            .and_modify(|kept| {
+                if s.seen_at > kept.seen_at {
+                    *kept = *s;
+                }
+            })
+            .or_insert(*s);
     }
-    let mut rows: Vec<(i64, DateTime<Utc>)> = latest.into_iter().collect();
-    rows.sort_unstable_by_key(|(id, _)| *id);
-    let (ids, times): (Vec<i64>, Vec<DateTime<Utc>>) = rows.into_iter().unzip();
-    let result = sqlx::query(
-        "INSERT INTO objects (id, last_seen)
-         SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[])
+    let mut rows: Vec<Sighting> = latest.into_values().collect();
+    rows.sort_unstable_by_key(|s| s.id);
+    let ids: Vec<i64> = rows.iter().map(|s| s.id.get()).collect();
+    let seen: Vec<DateTime<Utc>> = rows.iter().map(|s| s.seen_at).collect();
+    let expires: Vec<DateTime<Utc>> = rows.iter().map(|s| s.expires_at).collect();
+    // `xmax = 0` on the returned row: it was inserted, not updated.
+    let inserted: Vec<(i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "INSERT INTO objects (id, first_seen, last_seen, expires_at)
+         SELECT id, seen, seen, expires
+         FROM UNNEST($1::bigint[], $2::timestamptz[], $3::timestamptz[]) AS s(id, seen, expires)
          ON CONFLICT (id) DO UPDATE
-             SET last_seen = GREATEST(objects.last_seen, EXCLUDED.last_seen)",
+             SET last_seen = GREATEST(objects.last_seen, EXCLUDED.last_seen),
+                 expires_at = CASE WHEN EXCLUDED.last_seen >= objects.last_seen
+                                   THEN EXCLUDED.expires_at ELSE objects.expires_at END
+         RETURNING id, last_seen, expires_at, (xmax = 0) AS inserted",
     )
     .bind(&ids)
-    .bind(&times)
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected())
+    .bind(&seen)
+    .bind(&expires)
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .filter_map(|row: (i64, DateTime<Utc>, DateTime<Utc>, bool)| {
+        row.3.then_some((row.0, row.1, row.2))
+    })
+    .collect();
+    Ok(inserted
+        .into_iter()
+        .filter_map(|(id, seen_at, expires_at)| {
+            ObjectId::new(id).map(|id| CameOnline {
+                id,
+                seen_at,
+                expires_at,
+            })
+        })
+        .collect())
 }
 
-/// Deletes up to `limit` objects last seen before `cutoff`, oldest first, and returns
-/// them. Rows locked by a concurrent writer or sweeper are skipped, and the condition
-/// is checked again on the locked row, so an object refreshed meanwhile stays.
-pub async fn delete_expired(
+#[derive(sqlx::FromRow)]
+struct ExpiredRow {
+    id: i64,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+/// Deletes up to `limit` objects whose deadline is at or before `now`, earliest first,
+/// keeps each one's stretch in `object_expiries`, and returns them. Rows locked by a
+/// concurrent writer or sweeper are skipped, and the deadline is checked again on the
+/// locked row, so an object refreshed meanwhile stays.
+pub async fn expire_due(
     conn: &mut PgConnection,
-    cutoff: DateTime<Utc>,
+    now: DateTime<Utc>,
     limit: i64,
 ) -> sqlx::Result<Vec<Expired>> {
-    let rows: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
-        "DELETE FROM objects o
-         WHERE o.id IN (
-                 SELECT id FROM objects
-                 WHERE last_seen < $1
-                 ORDER BY last_seen
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED)
-           AND o.last_seen < $1
-         RETURNING o.id, o.last_seen",
+    let rows: Vec<ExpiredRow> = sqlx::query_as(
+        "WITH due AS (
+             SELECT id FROM objects
+             WHERE expires_at <= $1
+             ORDER BY expires_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         ), gone AS (
+             DELETE FROM objects o USING due
+             WHERE o.id = due.id AND o.expires_at <= $1
+             RETURNING o.id, o.first_seen, o.last_seen, o.expires_at
+         ), kept AS (
+             INSERT INTO object_expiries (object_id, first_seen, last_seen, expires_at, expired_at)
+             SELECT id, first_seen, last_seen, expires_at, $1 FROM gone
+         )
+         SELECT id, first_seen, last_seen, expires_at FROM gone ORDER BY expires_at",
     )
-    .bind(cutoff)
+    .bind(now)
     .bind(limit)
     .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, last_seen)| ObjectId::new(id).map(|id| Expired { id, last_seen }))
+        .filter_map(|row| {
+            ObjectId::new(row.id).map(|id| Expired {
+                id,
+                first_seen: row.first_seen,
+                last_seen: row.last_seen,
+                expires_at: row.expires_at,
+            })
+        })
         .collect())
 }
 
-/// The earliest `last_seen` in the table, if any: when the next expiry is due.
-pub async fn oldest_last_seen(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar("SELECT min(last_seen) FROM objects")
+/// The earliest deadline in the table, if any: when the next expiry is due.
+pub async fn next_deadline(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("SELECT min(expires_at) FROM objects")
         .fetch_one(pool)
         .await
 }

@@ -226,6 +226,9 @@ async fn run_once(
     delete_queues(&args.amqp_url).await;
     let pool = prepare_database(&args.database_url).await?;
     let logs = args.out.join("logs");
+    // Each run starts with an empty spool: leftovers of an aborted run would skew it.
+    let spool = args.out.join("spool").join("producer.redb");
+    let _ = std::fs::remove_file(&spool);
     let common: Vec<(String, String)> = vec![
         ("DATABASE_URL".into(), args.database_url.clone()),
         ("AMQP_URL".into(), args.amqp_url.clone()),
@@ -236,6 +239,8 @@ async fn run_once(
         ),
         ("RUST_LOG".into(), "warn".into()),
         ("LOG_FORMAT".into(), "text".into()),
+        // Several consumers on one host: each takes a free port for its metrics.
+        ("METRICS_ADDR".into(), "127.0.0.1:0".into()),
     ];
     let with = |extra: &[(&str, String)]| {
         let mut env = common.clone();
@@ -269,6 +274,7 @@ async fn run_once(
         &with(&[
             ("CALLBACK_ADDR", format!("127.0.0.1:{CALLBACK_PORT}")),
             ("IDS_PER_MESSAGE", args.ids_per_message.to_string()),
+            ("SPOOL_PATH", spool.display().to_string()),
         ]),
         &logs,
     )?;

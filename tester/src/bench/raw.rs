@@ -55,6 +55,8 @@ pub async fn rabbitmq(
             .filter_map(|i| ObjectId::new(123_456 + i))
             .collect(),
         accepted_at: chrono::Utc::now(),
+        request_id: None,
+        ttl_secs: None,
     })?;
 
     // Publish in windows, as concurrent callbacks do.
@@ -120,14 +122,22 @@ pub async fn postgresql(
             let now = chrono::Utc::now();
             (0..batch)
                 .filter_map(|_| ObjectId::new(rng.random_range(0..id_space as i64)))
-                .map(|id| Sighting { id, seen_at: now })
+                .map(|id| Sighting {
+                    id,
+                    seen_at: now,
+                    expires_at: now + chrono::Duration::seconds(30),
+                })
                 .collect()
         };
-        objects::upsert_last_seen(pool, &sightings).await?;
+        let mut tx = pool.begin().await?;
+        objects::upsert_sightings(&mut tx, &sightings).await?;
+        tx.commit().await?;
         rows += sightings.len() as u64;
     }
     let rate = rows as f64 / started.elapsed().as_secs_f64();
-    sqlx::query("TRUNCATE objects").execute(pool).await?;
+    sqlx::query("TRUNCATE objects, notifications")
+        .execute(pool)
+        .await?;
     Ok(rate)
 }
 

@@ -1,0 +1,181 @@
+//! The producer stays available when RabbitMQ is not: callbacks are committed to the local
+//! spool and answered 202, then published once RabbitMQ answers again, also by a
+//! producer restarted on the spool an earlier one left.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::fault_proxy::FaultProxy;
+use e2e::{Status, TestEnv, post_callback};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+const JSON: Option<&str> = Some("application/json");
+
+/// Fast, always-online status answers, so stored ids are exactly the accepted ones.
+fn all_online() -> Status {
+    Status {
+        delay_min_ms: 1,
+        delay_max_ms: 20,
+        online: "all",
+        fail_rate: 0.0,
+    }
+}
+
+async fn readiness(callback_url: &str) -> anyhow::Result<(u16, Value)> {
+    let response = reqwest::get(callback_url.replace("/callback", "/readyz")).await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await?))
+}
+
+async fn wait_for_readiness(url: &str, wanted: &str) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = readiness(url).await?;
+        if body["status"] == wanted {
+            return Ok(body);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "readyz never said {wanted:?}; last: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Ids in the ready messages of the work queue (taken off it).
+async fn ids_in_checks_queue(env: &TestEnv) -> anyhow::Result<Vec<i64>> {
+    let mut ids: Vec<i64> = Vec::new();
+    for delivery in env.drain(&env.topology().checks_queue).await? {
+        let message: lastseen::CheckMessage = serde_json::from_slice(&delivery.data)?;
+        ids.extend(message.object_ids.iter().map(|id| id.get()));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_callbacks_while_rabbitmq_is_down_all_get_202_and_every_id_is_stored_after()
+-> anyhow::Result<()> {
+    let mut env = TestEnv::start(all_online()).await?;
+    let proxy = FaultProxy::start("127.0.0.1:5672").await?;
+    let url = env
+        .start_producer(&[&format!("--amqp-url={}", proxy.amqp_url())])
+        .await?;
+    wait_for_readiness(&url, "ready").await?;
+
+    proxy.cut();
+    let degraded = wait_for_readiness(&url, "degraded").await?;
+    assert_eq!(degraded["reason"], "spooling", "{degraded}");
+
+    // 1,000 callbacks of 3 ids each, 16 at a time.
+    let answers: Vec<anyhow::Result<(u16, Value)>> = futures::stream::iter(0..1000i64)
+        .map(|i| {
+            let url = url.clone();
+            async move {
+                let body = json!({ "object_ids": [i * 3, i * 3 + 1, i * 3 + 2] }).to_string();
+                post_callback(&url, JSON, body).await
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for answer in answers {
+        let (status, body) = answer?;
+        assert_eq!(
+            (status, body),
+            (202, json!({ "accepted": 3, "spooled": true }))
+        );
+    }
+    let (status, ready) = readiness(&url).await?;
+    assert_eq!(
+        status, 200,
+        "a spooling producer still takes callbacks: {ready}"
+    );
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["spool"]["pending_callbacks"], 1000, "{ready}");
+    assert_eq!(ready["spool"]["pending_ids"], 3000, "{ready}");
+    assert_eq!(env.ready(&env.topology().checks_queue).await?, 0);
+
+    env.start_consumer(&[])?;
+    proxy.restore().await?;
+    let pool = env.pool.clone();
+    let stored = env
+        .eventually(Duration::from_secs(60), || {
+            let pool = pool.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM objects")
+                    .fetch_one(&pool)
+                    .await?;
+                Ok(n == 3000)
+            }
+        })
+        .await?;
+    assert!(stored, "not every spooled id was stored within 60 s");
+    assert_eq!(env.object_ids().await?, (0..3000).collect::<Vec<i64>>());
+    let ready = wait_for_readiness(&url, "ready").await?;
+    assert_eq!(ready, json!({ "status": "ready" }));
+    env.teardown().await
+}
+
+#[tokio::test]
+async fn a_callback_whose_confirms_do_not_arrive_in_time_is_spooled_then_published()
+-> anyhow::Result<()> {
+    let mut env = TestEnv::start(all_online()).await?;
+    let proxy = Arc::new(FaultProxy::start("127.0.0.1:5672").await?);
+    let url = env
+        .start_producer(&[
+            &format!("--amqp-url={}", proxy.amqp_url()),
+            "--publish-timeout-ms=200",
+        ])
+        .await?;
+    wait_for_readiness(&url, "ready").await?;
+
+    // The broker still holds the connection but answers nothing (as under an alarm).
+    proxy.freeze();
+    let started = std::time::Instant::now();
+    let (status, body) = post_callback(&url, JSON, r#"{"object_ids":[7,8,9]}"#).await?;
+    assert_eq!(
+        (status, body),
+        (202, json!({ "accepted": 3, "spooled": true }))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the callback waited {:?}, beyond a client's 1 s timeout",
+        started.elapsed()
+    );
+    let (_, ready) = readiness(&url).await?;
+    assert_eq!(ready["status"], "degraded", "{ready}");
+
+    proxy.restore().await?;
+    wait_for_readiness(&url, "ready").await?;
+    // The first publish may have reached RabbitMQ too: a duplicate, never a loss.
+    assert_eq!(ids_in_checks_queue(&env).await?, vec![7, 8, 9]);
+    env.teardown().await
+}
+
+#[tokio::test]
+async fn a_restarted_producer_publishes_what_an_earlier_one_left_in_the_spool() -> anyhow::Result<()>
+{
+    let mut env = TestEnv::start(all_online()).await?;
+    let first = env
+        .start_producer(&["--amqp-url=amqp://guest:guest@127.0.0.1:1/%2f"])
+        .await?;
+    for i in 0..10i64 {
+        let body = json!({ "object_ids": [i * 10, i * 10 + 1] }).to_string();
+        let (status, answer) = post_callback(&first, JSON, body).await?;
+        assert_eq!(
+            (status, answer),
+            (202, json!({ "accepted": 2, "spooled": true }))
+        );
+    }
+    env.stop(0).await?;
+    assert_eq!(env.ready(&env.topology().checks_queue).await?, 0);
+
+    let second = env.start_producer(&[]).await?;
+    wait_for_readiness(&second, "ready").await?;
+    let expected: Vec<i64> = (0..10).flat_map(|i| [i * 10, i * 10 + 1]).collect();
+    assert_eq!(ids_in_checks_queue(&env).await?, expected);
+    env.teardown().await
+}

@@ -1,0 +1,158 @@
+//! Webhook delivery: every notification POSTed once delivered, signed with HMAC-SHA256,
+//! retried after a failure; a dead webhook ends in "failed" and never holds expiry.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use chrono::Utc;
+use e2e::{Status, TestEnv};
+use serde_json::Value;
+
+/// What the receiver got: headers and body of each request.
+type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
+/// A webhook that answers 500 to its first request and 202 to the others.
+async fn start_receiver() -> anyhow::Result<(String, Received)> {
+    let received: Received = Arc::default();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(received): State<Received>, headers: HeaderMap, body: Bytes| async move {
+                    let mut all = received.lock().expect("the receiver's lock");
+                    all.push((headers, body));
+                    if all.len() == 1 {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::ACCEPTED
+                    }
+                },
+            ),
+        )
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, received))
+}
+
+async fn insert_due_objects(env: &TestEnv, ids: &[i64]) -> anyhow::Result<()> {
+    let now = Utc::now();
+    sqlx::query(
+        "INSERT INTO objects (id, first_seen, last_seen, expires_at)
+         SELECT id, $2, $2, $3 FROM UNNEST($1::bigint[]) AS id",
+    )
+    .bind(ids)
+    .bind(now - chrono::Duration::seconds(30))
+    .bind(now)
+    .execute(&env.pool)
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_notification_reaches_the_webhook_signed_and_is_retried_after_a_failure()
+-> anyhow::Result<()> {
+    let mut env = TestEnv::start(Status::default()).await?;
+    let (url, received) = start_receiver().await?;
+    env.start_sweeper(&[
+        &format!("--notify-webhook-url={url}"),
+        "--notify-webhook-secret=s3cret",
+        "--notify-webhook-retry-base-ms=100",
+    ])?;
+    insert_due_objects(&env, &[1, 2, 3]).await?;
+
+    // Three object.expired and one digest, all delivered (one after a 500).
+    let pool = env.pool.clone();
+    let delivered = env
+        .eventually(Duration::from_secs(20), || {
+            let pool = pool.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM notifications WHERE webhook_outcome = 'delivered'",
+                )
+                .fetch_one(&pool)
+                .await?;
+                Ok(n == 4)
+            }
+        })
+        .await?;
+    assert!(delivered, "not every notification was delivered");
+    let rows: Vec<(i64, String, Value, i32)> = sqlx::query_as(
+        "SELECT id, routing_key, payload, webhook_attempts FROM notifications ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await?;
+    let retried: i32 = rows.iter().map(|r| r.3).sum();
+    assert_eq!(
+        retried, 5,
+        "four deliveries, one of them on its second attempt"
+    );
+
+    let requests = received.lock().expect("the receiver's lock").clone();
+    assert_eq!(requests.len(), 5);
+    for (id, routing_key, payload, _) in &rows {
+        let (headers, body) = requests
+            .iter()
+            .rev()
+            .find(|(h, _)| h["x-lastseen-delivery"] == id.to_string().as_str())
+            .expect("a request per notification");
+        assert_eq!(headers["x-lastseen-event"], routing_key.as_str());
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(
+            headers["x-lastseen-signature"],
+            sweeper::webhook::signature(b"s3cret", body).as_str()
+        );
+        assert_eq!(&serde_json::from_slice::<Value>(body)?, payload);
+    }
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_webhook_ends_in_failed_and_never_holds_expiry() -> anyhow::Result<()> {
+    let mut env = TestEnv::start(Status::default()).await?;
+    // Nothing listens on port 1.
+    env.start_sweeper(&[
+        "--notify-webhook-url=http://127.0.0.1:1/hook",
+        "--notify-webhook-secret=s3cret",
+        "--notify-webhook-retry-base-ms=50",
+        "--notify-webhook-max-attempts=3",
+    ])?;
+    insert_due_objects(&env, &[1, 2, 3]).await?;
+
+    let pool = env.pool.clone();
+    let settled = env
+        .eventually(Duration::from_secs(20), || {
+            let pool = pool.clone();
+            async move {
+                let (failed, expired, published): (i64, i64, i64) = sqlx::query_as(
+                    "SELECT count(*) FILTER (WHERE webhook_outcome = 'failed'),
+                            (SELECT count(*) FROM object_expiries),
+                            count(*) FILTER (WHERE published_at IS NOT NULL)
+                     FROM notifications",
+                )
+                .fetch_one(&pool)
+                .await?;
+                Ok(failed == 4 && expired == 3 && published == 4)
+            }
+        })
+        .await?;
+    assert!(
+        settled,
+        "expected 4 failed deliveries, 3 expiries, 4 published"
+    );
+    let (attempts, error): (i32, String) = sqlx::query_as(
+        "SELECT webhook_attempts, webhook_error FROM notifications ORDER BY id LIMIT 1",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+    assert_eq!(attempts, 3);
+    assert!(error.contains("could not be reached"), "{error}");
+    assert!(env.object_ids().await?.is_empty());
+    env.teardown().await
+}

@@ -1,0 +1,228 @@
+//! The operations endpoint every process serves: Prometheus `/metrics`, `/healthz` (the
+//! process lives) and `/readyz` (its dependencies answer, naming any that does not).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Latency buckets (seconds) of every `*_seconds` histogram: 1 ms to about 2 minutes.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Size buckets of every `*_rows` and `*_ids` histogram.
+const COUNT_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0];
+
+/// How long a dependency may take to answer a readiness probe.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why the operations endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("cannot listen on METRICS_ADDR {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The process-wide Prometheus recorder, installed on first use. Components running in
+/// one process (as in the tests) share it.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_rows".into()), COUNT_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_ids".into()), COUNT_BUCKETS)
+                })
+                .expect("the bucket lists are non-empty constants");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; /metrics stays empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// One dependency as `/readyz` reports it.
+#[derive(Debug, Clone)]
+pub struct Dependency {
+    pub name: &'static str,
+    /// `None` when it answers, else why not.
+    pub problem: Option<String>,
+}
+
+impl Dependency {
+    pub fn ok(name: &'static str) -> Self {
+        Self {
+            name,
+            problem: None,
+        }
+    }
+
+    pub fn failing(name: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            name,
+            problem: Some(problem.into()),
+        }
+    }
+}
+
+/// Asks the process's dependencies, now.
+pub type ReadinessProbe = Arc<dyn Fn() -> BoxFuture<'static, Vec<Dependency>> + Send + Sync>;
+
+/// Checks that PostgreSQL answers `SELECT 1` within [`PROBE_TIMEOUT`].
+pub async fn postgres(pool: &PgPool) -> Dependency {
+    let query = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool);
+    match tokio::time::timeout(PROBE_TIMEOUT, query).await {
+        Ok(Ok(_)) => Dependency::ok("postgresql"),
+        Ok(Err(err)) => Dependency::failing("postgresql", err.to_string()),
+        Err(_) => Dependency::failing("postgresql", "no answer within 1 s"),
+    }
+}
+
+/// Like [`postgres`], for a process still connecting (and migrating) at startup.
+pub async fn postgres_once_connected(pool: &OnceLock<PgPool>) -> Dependency {
+    match pool.get() {
+        Some(pool) => postgres(pool).await,
+        None => Dependency::failing("postgresql", "connecting"),
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    metrics: PrometheusHandle,
+    probe: ReadinessProbe,
+}
+
+/// `/metrics`, `/healthz` and `/readyz`, to serve on their own port or merge into an app.
+pub fn router(probe: ReadinessProbe) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(OpsState {
+            metrics: metrics_handle(),
+            probe,
+        })
+}
+
+async fn render_metrics(State(state): State<OpsState>) -> Response {
+    render(&state.metrics)
+}
+
+/// `GET /metrics` for a process that serves its own router (the producer).
+pub async fn metrics() -> Response {
+    render(&metrics_handle())
+}
+
+fn render(handle: &PrometheusHandle) -> Response {
+    handle.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let dependencies = (state.probe)().await;
+    let mut checks = Map::new();
+    for dependency in &dependencies {
+        let value = match &dependency.problem {
+            None => Value::from("ok"),
+            Some(problem) => Value::from(problem.as_str()),
+        };
+        checks.insert(dependency.name.to_owned(), value);
+    }
+    if dependencies.iter().all(|d| d.problem.is_none()) {
+        axum::Json(json!({ "status": "ready", "checks": checks })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "not ready", "checks": checks })),
+        )
+            .into_response()
+    }
+}
+
+/// The operations endpoint bound to its address, ready to serve.
+pub struct OpsServer {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl OpsServer {
+    /// Binds `addr` (port 0 picks a free port; see [`Self::addr`]).
+    pub async fn bind(addr: SocketAddr, probe: ReadinessProbe) -> Result<Self, OpsError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| OpsError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            router: router(probe),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves in a task of its own until [`RunningOps::stop`].
+    pub fn spawn(self) -> RunningOps {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(self.run(stop.clone()));
+        RunningOps { stop, task }
+    }
+
+    /// Serves until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        if let Some(addr) = self.addr() {
+            tracing::info!(%addr, "metrics and health endpoints listening");
+        }
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(err) = served {
+            tracing::warn!(error = %err, "the metrics endpoint stopped");
+        }
+    }
+}
+
+/// An operations endpoint serving in the background.
+pub struct RunningOps {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningOps {
+    /// Stops serving and waits for the server to finish.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}

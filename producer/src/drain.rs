@@ -1,0 +1,88 @@
+//! The spool drain: once RabbitMQ answers again, publishes spooled callbacks oldest first
+//! with confirms, and removes them from the spool only after RabbitMQ confirmed them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use lastseen::CheckMessage;
+use lastseen::amqp;
+use tokio_util::sync::CancellationToken;
+
+use crate::publisher::{CallbackPublisher, PublishError};
+use crate::spool::{Spool, SpoolError};
+
+/// Messages published per drain round (one confirm wait, one spool commit).
+const DRAIN_BATCH_MESSAGES: usize = 1_000;
+
+/// How long a drain round may wait for its confirms before it is retried.
+const DRAIN_PUBLISH_BOUND: Duration = Duration::from_secs(30);
+
+/// How often the drain looks at the spool when nothing woke it.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Why a drain round stopped short; the round is retried after a backoff.
+#[derive(Debug, thiserror::Error)]
+enum DrainError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// Drains the spool into RabbitMQ until `shutdown`. What is left stays in the spool
+/// file for the next start.
+pub async fn drain_spool(
+    spool: Arc<Spool>,
+    publisher: Arc<CallbackPublisher>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = amqp::reconnect_backoff().build();
+    if spool.pending_callbacks() > 0 {
+        tracing::info!(
+            callbacks = spool.pending_callbacks(),
+            ids = spool.pending_ids(),
+            "the spool holds callbacks from an earlier run; draining them"
+        );
+    }
+    while !shutdown.is_cancelled() {
+        if spool.pending_callbacks() == 0 || !publisher.is_connected() {
+            tokio::select! {
+                () = spool.appended.notified() => {}
+                () = tokio::time::sleep(if spool.pending_callbacks() == 0 { IDLE_CHECK } else { Duration::from_millis(200) }) => {}
+                () = shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        match drain_round(&spool, &publisher).await {
+            Ok(callbacks) => {
+                backoff = amqp::reconnect_backoff().build();
+                tracing::info!(
+                    callbacks,
+                    left = spool.pending_callbacks(),
+                    "published spooled callbacks"
+                );
+            }
+            Err(err) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %err, ?delay, "draining the spool failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+}
+
+/// Publishes the oldest spooled callbacks and removes them once confirmed.
+async fn drain_round(spool: &Spool, publisher: &CallbackPublisher) -> Result<usize, DrainError> {
+    let batch = spool.oldest(DRAIN_BATCH_MESSAGES).await?;
+    let messages: Vec<CheckMessage> = batch
+        .iter()
+        .flat_map(|callback| callback.messages.iter().cloned())
+        .collect();
+    publisher.publish(&messages, DRAIN_PUBLISH_BOUND).await?;
+    spool.remove(&batch).await?;
+    Ok(batch.len())
+}
