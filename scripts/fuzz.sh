@@ -4,6 +4,9 @@
 # earlier runs (fuzz/corpus, not committed). A crash stops it with the input saved under
 # fuzz/artifacts/ and a non-zero exit; replay it with
 # `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run callback_body artifacts/callback_body/<file>`.
+# FUZZ_SEED=N fixes libFuzzer's random seed: with an empty corpus/ the run then repeats the
+# same inputs in the same order (CI uses it, so a landing does not depend on luck; the
+# exploring runs are the unseeded ones).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECS=${FUZZ_SECS:-60}
@@ -13,4 +16,5 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 mkdir -p corpus/callback_body
 cargo fuzz run callback_body corpus/callback_body seeds/callback_body -- \
-  -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+  -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+  ${FUZZ_SEED:+-seed="$FUZZ_SEED"}
