@@ -82,7 +82,8 @@ pub struct ErrorBody {
 }
 
 /// What went wrong, one code per cause: `malformed_json` (400, not JSON or cut short),
-/// `unreadable_body` (400, the body broke off or took longer than REQUEST_BODY_TIMEOUT_MS),
+/// `unreadable_body` (400, the client broke off the body), `body_timeout` (408, the body
+/// took longer than REQUEST_BODY_TIMEOUT_MS), `request_timeout` (408, no answer in 30 s),
 /// `body_too_large` (413, over MAX_BODY_BYTES), `unsupported_media_type` (415, not
 /// application/json), `invalid_callback` (422, JSON but not a callback), `unavailable`
 /// (503, not accepted now; retry after Retry-After).
@@ -91,6 +92,8 @@ pub struct ErrorBody {
 pub enum ErrorCode {
     MalformedJson,
     UnreadableBody,
+    BodyTimeout,
+    RequestTimeout,
     BodyTooLarge,
     UnsupportedMediaType,
     InvalidCallback,

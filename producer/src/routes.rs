@@ -30,6 +30,7 @@ pub struct AppState {
     pub ids_per_message: usize,
     pub publish_timeout: Duration,
     pub max_body_bytes: u64,
+    pub body_timeout: Duration,
 }
 
 /// The 202 answer: how many distinct ids were accepted, and whether they went to the
@@ -49,6 +50,12 @@ pub enum CallbackError {
     TooLarge { limit: u64 },
     #[error("could not read the request body: {0}")]
     Body(String),
+    #[error("the request body was not received in full within {0:?} (REQUEST_BODY_TIMEOUT_MS)")]
+    BodyTimeout(Duration),
+    #[error(
+        "the request was not answered within {0:?}; it may or may not have been accepted, so retry it"
+    )]
+    RequestTimeout(Duration),
     #[error(transparent)]
     Invalid(#[from] BodyError),
     #[error(
@@ -65,6 +72,8 @@ impl CallbackError {
             }
             Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::Body(_) => (StatusCode::BAD_REQUEST, "unreadable_body"),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Invalid(BodyError::Syntax(_)) => (StatusCode::BAD_REQUEST, "malformed_json"),
             Self::Invalid(BodyError::Shape(_)) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_callback")
@@ -135,9 +144,14 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), CallbackError> {
             example = json!({"accepted": 3, "spooled": false})),
         (status = 400, body = crate::openapi::ErrorBody,
             description = "`malformed_json`: not JSON or cut short; `unreadable_body`: the body \
-                           could not be read (broken off, or slower than REQUEST_BODY_TIMEOUT_MS). \
-                           Nothing is published.",
+                           could not be read (the client broke off). Nothing is published.",
             example = json!({"error": "malformed_json", "message": "malformed JSON: EOF while parsing a list at line 1 column 17"})),
+        (status = 408, body = crate::openapi::ErrorBody,
+            description = "`body_timeout`: the body was not received in full within \
+                           REQUEST_BODY_TIMEOUT_MS (5 s by default); nothing is published. \
+                           `request_timeout`: no answer within 30 s; the callback may or may not \
+                           have been accepted, and retrying it is safe (a repeated id is checked twice).",
+            example = json!({"error": "body_timeout", "message": "the request body was not received in full within 5s (REQUEST_BODY_TIMEOUT_MS)"})),
         (status = 413, body = crate::openapi::ErrorBody,
             description = "`body_too_large`: the body exceeds MAX_BODY_BYTES. Nothing is published.",
             example = json!({"error": "body_too_large", "message": "request body is larger than the limit of 1048576 bytes"})),
@@ -168,6 +182,8 @@ pub async fn callback(
             CallbackError::TooLarge {
                 limit: state.max_body_bytes,
             }
+        } else if is_body_timeout(&rejection) {
+            CallbackError::BodyTimeout(state.body_timeout)
         } else {
             CallbackError::Body(rejection.body_text())
         }
@@ -217,6 +233,32 @@ pub async fn callback(
             spooled,
         }),
     ))
+}
+
+/// Whether reading the body failed because its deadline (`RequestBodyDeadlineLayer`)
+/// passed, rather than because the client broke off.
+fn is_body_timeout(rejection: &BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(err) = source {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Answers a request not answered within `limit` with 408 `request_timeout`, as JSON like
+/// every other error. A backstop: the body deadline and the publish bound come first.
+pub async fn answer_within(
+    limit: Duration,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => CallbackError::RequestTimeout(limit).into_response(),
+    }
 }
 
 /// `GET /healthz`: the process is alive.
@@ -275,4 +317,38 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_not_answered_in_time_gets_a_json_408() {
+        let router = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "too late"
+                }),
+            )
+            .layer(axum::middleware::from_fn(|request, next| {
+                answer_within(Duration::from_secs(30), request, next)
+            }));
+        let request = axum::http::Request::get("/slow")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "request_timeout");
+        assert!(body["message"].as_str().unwrap().contains("30s"), "{body}");
+    }
 }

@@ -6,13 +6,12 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use lastseen::topology::Topology;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::{RequestBodyDeadlineLayer, TimeoutLayer};
+use tower_http::timeout::RequestBodyDeadlineLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
@@ -73,6 +72,7 @@ impl Application {
             ids_per_message: config.ids_per_message as usize,
             publish_timeout: config.publish_timeout_ms,
             max_body_bytes: config.max_body_bytes,
+            body_timeout: config.request_body_timeout_ms,
         });
         let body_limit = usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX);
         let router = Router::new()
@@ -87,10 +87,9 @@ impl Application {
             .layer(RequestBodyDeadlineLayer::new(
                 config.request_body_timeout_ms,
             ))
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                REQUEST_TIMEOUT,
-            ))
+            .layer(axum::middleware::from_fn(|request, next| {
+                routes::answer_within(REQUEST_TIMEOUT, request, next)
+            }))
             // Every request gets an id (the client's `x-request-id`, or a new UUID): it is in
             // the request's log span, in the answer, and in the check messages.
             .layer(TraceLayer::new_for_http().make_span_with(request_span))
