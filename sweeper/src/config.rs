@@ -25,6 +25,11 @@ pub struct Config {
     #[arg(long, env = "RELAY_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub relay_batch: u32,
 
+    /// How long a notification is kept after it was raised, once it is published (and
+    /// delivered or given up by the webhook); older ones are deleted (seconds, at least 60).
+    #[arg(long, env = "NOTIFICATION_RETENTION_SECS", default_value_t = 604_800, value_parser = clap::value_parser!(u64).range(60..=3_153_600_000))]
+    pub notification_retention_secs: u64,
+
     /// Also deliver every notification to this URL (POST, JSON, signed); unset: off.
     #[arg(long, env = "NOTIFY_WEBHOOK_URL", requires = "notify_webhook_secret", value_parser = parse_webhook_url)]
     pub notify_webhook_url: Option<String>,

@@ -4,6 +4,7 @@
 mod config;
 mod expiry;
 mod relay;
+mod retention;
 mod startup;
 pub mod webhook;
 

@@ -30,15 +30,19 @@ pub struct Relay {
     amqp_url: String,
     topology: Topology,
     batch: i64,
+    /// Whether a webhook delivers the notifications too (else they are marked skipped
+    /// for it when published).
+    webhook: bool,
     session: Option<(Connection, Channel)>,
 }
 
 impl Relay {
-    pub fn new(amqp_url: String, topology: Topology, batch: u32) -> Self {
+    pub fn new(amqp_url: String, topology: Topology, batch: u32, webhook: bool) -> Self {
         Self {
             amqp_url,
             topology,
             batch: i64::from(batch),
+            webhook,
             session: None,
         }
     }
@@ -105,7 +109,7 @@ impl Relay {
         }
         try_join_all(confirms).await?;
         let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
-        notifications::mark_published(&mut tx, &ids).await?;
+        notifications::mark_published(&mut tx, &ids, self.webhook).await?;
         tx.commit().await?;
         metrics::counter!("lastseen_notifications_published_total").increment(ids.len() as u64);
         Ok(ids.len() as u64)

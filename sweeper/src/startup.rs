@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::expiry;
 use crate::relay::Relay;
+use crate::retention;
 use crate::webhook::{self, WebhookSettings};
 
 /// Pause after a failed round, so an outage is retried without spinning.
@@ -58,6 +59,7 @@ impl Application {
             config.amqp.amqp_url.clone(),
             Topology::new(&config.topology),
             config.relay_batch,
+            config.notify_webhook_url.is_some(),
         );
         // The relay runs beside expiry: publishing never delays the next sweep, and a
         // slow or blocked broker never stops expiry.
@@ -71,6 +73,11 @@ impl Application {
         ));
         let webhook_task = webhook_settings(&config)
             .map(|settings| tokio::spawn(webhook::run(settings, pool.clone(), shutdown.clone())));
+        let retention_task = tokio::spawn(retention::run(
+            pool.clone(),
+            Duration::from_secs(config.notification_retention_secs),
+            shutdown.clone(),
+        ));
         tracing::info!("sweeper running");
         while !shutdown.is_cancelled() {
             let mut failed = false;
@@ -102,6 +109,7 @@ impl Application {
             }
         }
         let _ = relay_task.await;
+        let _ = retention_task.await;
         if let Some(task) = webhook_task {
             let _ = task.await;
         }

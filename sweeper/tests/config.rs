@@ -18,6 +18,11 @@ fn a_webhook_url_that_is_not_http_exits_2_naming_it() {
 }
 
 #[test]
+fn a_notification_retention_under_a_minute_exits_2_naming_it() {
+    assert_bad_setting_is_refused(Path::new(BIN), "NOTIFICATION_RETENTION_SECS", "10");
+}
+
+#[test]
 fn bad_amqp_url_exits_2_naming_it() {
     assert_bad_setting_is_refused(Path::new(BIN), "AMQP_URL", "http://rabbit");
 }
@@ -35,6 +40,7 @@ fn help_documents_every_setting_with_its_environment_variable() {
             "SWEEP_INTERVAL_MS",
             "NOTIFY_WEBHOOK_URL",
             "NOTIFY_WEBHOOK_SECRET",
+            "NOTIFICATION_RETENTION_SECS",
         ],
     );
 }

@@ -48,13 +48,45 @@ pub async fn lock_pending(
     .await
 }
 
-/// Marks notifications published (after their confirms arrived).
-pub async fn mark_published(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> sqlx::Result<u64> {
-    let result =
-        sqlx::query("UPDATE notifications SET published_at = clock_timestamp() WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(&mut **tx)
-            .await?;
+/// Marks notifications published (after their confirms arrived). Without a webhook
+/// (`webhook` false) they are also marked `skipped` for it, so they are done.
+pub async fn mark_published(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[i64],
+    webhook: bool,
+) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "UPDATE notifications SET published_at = clock_timestamp(),
+             webhook_outcome = CASE WHEN $2 THEN webhook_outcome
+                                    ELSE coalesce(webhook_outcome, 'skipped') END
+         WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .bind(webhook)
+    .execute(&mut **tx)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Deletes up to `limit` notifications created before `cutoff` that are done: published,
+/// and delivered, failed or skipped by the webhook. Rows another sweeper is deleting
+/// are skipped. Returns how many were deleted.
+pub async fn prune_done(
+    pool: &sqlx::PgPool,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "DELETE FROM notifications WHERE id IN (
+             SELECT id FROM notifications
+             WHERE created_at < $1 AND published_at IS NOT NULL AND webhook_outcome IS NOT NULL
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .execute(pool)
+    .await?;
     Ok(result.rows_affected())
 }
 
