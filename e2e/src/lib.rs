@@ -243,6 +243,26 @@ impl TestEnv {
 
     /// Ready messages in a queue (messages held unacked by a consumer are not counted).
     pub async fn ready(&self, queue: &str) -> anyhow::Result<u32> {
+        Ok(self.queue_counts(queue).await?.0)
+    }
+
+    /// Waits until `count` consumers subscribe to `queue` (the consumer processes are up),
+    /// at most 30 s.
+    pub async fn wait_for_consumers(&self, queue: &str, count: u32) -> anyhow::Result<()> {
+        let subscribed = self
+            .eventually(Duration::from_secs(30), || async {
+                Ok(self.queue_counts(queue).await?.1 >= count)
+            })
+            .await?;
+        anyhow::ensure!(
+            subscribed,
+            "{count} consumers did not subscribe to {queue} within 30 s"
+        );
+        Ok(())
+    }
+
+    /// A queue's ready messages and consumers.
+    async fn queue_counts(&self, queue: &str) -> anyhow::Result<(u32, u32)> {
         let options = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
@@ -252,7 +272,7 @@ impl TestEnv {
             .queue_declare(queue.into(), options, no_args())
             .await?;
         let _ = channel.close(200, "done".into()).await;
-        Ok(q.message_count())
+        Ok((q.message_count(), q.consumer_count()))
     }
 
     /// Takes every message from a queue (acking each), returning bodies and properties.

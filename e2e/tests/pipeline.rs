@@ -16,6 +16,9 @@ async fn thousand_ids_in_five_callbacks_store_exactly_the_even_ids_and_leave_no_
     let url = env.start_producer(&[]).await?;
     env.start_consumer(&[])?;
     env.start_consumer(&[])?;
+    // The clock starts with the pipeline up, not with the processes booting.
+    env.wait_for_consumers(&env.topology().checks_queue, 2)
+        .await?;
 
     let started = tokio::time::Instant::now();
     for chunk in (0..1000i64).collect::<Vec<_>>().chunks(200) {
