@@ -1,6 +1,8 @@
 //! The outbox relay: publish pending notifications with confirms, `message_id` set to
 //! the row id, and mark them published only after the broker confirmed them.
 
+use std::time::Duration;
+
 use futures::future::try_join_all;
 use lapin::types::ShortString;
 use lapin::{Channel, Connection};
@@ -16,6 +18,8 @@ pub enum RelayError {
     Amqp(#[from] AmqpError),
     #[error("PostgreSQL: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("a relay round took longer than {0:?} (RabbitMQ blocked or too slow to confirm)")]
+    Timeout(Duration),
 }
 
 impl RelayError {
@@ -61,8 +65,15 @@ impl Relay {
         Ok(channel)
     }
 
-    /// Publishes every pending notification; returns how many were published.
-    pub async fn drain(&mut self, pool: &PgPool) -> Result<u64, RelayError> {
+    /// Publishes every pending notification; returns how many were published. Each round
+    /// (lock a batch, publish it, wait for its confirms, mark it) has `round_timeout`; a
+    /// round past it is abandoned and its rows stay pending, so a blocked broker cannot
+    /// hold the relay, while a long backlog is drained round after round.
+    pub async fn drain(
+        &mut self,
+        pool: &PgPool,
+        round_timeout: Duration,
+    ) -> Result<u64, RelayError> {
         // Connect even with nothing to publish, so readiness reflects RabbitMQ.
         if let Err(err) = self.channel().await {
             self.session = None;
@@ -70,12 +81,14 @@ impl Relay {
         }
         let mut total = 0;
         loop {
-            let published = self.round(pool).await;
+            let published = tokio::time::timeout(round_timeout, self.round(pool))
+                .await
+                .unwrap_or(Err(RelayError::Timeout(round_timeout)));
             match published {
                 Ok(0) => return Ok(total),
                 Ok(n) => total += n,
                 Err(err) => {
-                    if matches!(err, RelayError::Amqp(_)) {
+                    if matches!(err, RelayError::Amqp(_) | RelayError::Timeout(_)) {
                         self.session = None;
                     }
                     return Err(err);
@@ -120,11 +133,6 @@ impl Relay {
         self.session.as_ref().is_some_and(|(conn, channel)| {
             conn.status().connected() && channel.status().connected()
         })
-    }
-
-    /// Forgets the session (after a round was abandoned with confirms pending).
-    pub fn reset(&mut self) {
-        self.session = None;
     }
 
     /// Closes the connection.

@@ -24,6 +24,9 @@ const ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// How often the relay looks for pending notifications when no sweep woke it.
 const RELAY_POLL: Duration = Duration::from_millis(100);
 
+/// How often the `notifications_pending` gauge is refreshed.
+const PENDING_GAUGE_EVERY: Duration = Duration::from_secs(1);
+
 /// Longest a relay round may take (connect, publish, confirms) before it is abandoned.
 const RELAY_ROUND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -143,35 +146,35 @@ async fn relay_outbox(
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
+    let mut last_count = tokio::time::Instant::now() - PENDING_GAUGE_EVERY;
     while !shutdown.is_cancelled() {
-        // Bounded, and abandoned on shutdown: a blocked broker (memory or disk alarm) must
-        // not hold shutdown. Unconfirmed rows stay pending.
+        // Each round is bounded, and the whole is abandoned on shutdown: a blocked broker
+        // (memory or disk alarm) must not hold shutdown. Unconfirmed rows stay pending.
         let relayed = tokio::select! {
-            r = tokio::time::timeout(RELAY_ROUND_TIMEOUT, relay.drain(&pool)) => r,
+            r = relay.drain(&pool, RELAY_ROUND_TIMEOUT) => r,
             () = shutdown.cancelled() => break,
         };
         let mut failed = false;
         match relayed {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::debug!(published = n, "notifications published"),
-            Ok(Err(err)) if err.is_fatal() => {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(published = n, "notifications published"),
+            Err(err) if err.is_fatal() => {
                 // Expiry goes on (notifications wait in the outbox) while this is fixed.
                 tracing::error!(error = %err, "notification relay cannot run with these settings");
                 failed = true;
             }
-            Ok(Err(err)) => {
+            Err(err) => {
                 tracing::warn!(error = %err, "notification relay failed; will retry");
-                failed = true;
-            }
-            Err(_) => {
-                tracing::warn!(timeout = ?RELAY_ROUND_TIMEOUT, "notification relay timed out; reconnecting");
-                relay.reset();
                 failed = true;
             }
         }
         connected.store(relay.is_connected(), Ordering::Relaxed);
-        if let Ok(pending) = notifications::count_pending(&pool).await {
-            metrics::gauge!("lastseen_notifications_pending").set(pending as f64);
+        // Counting is a scan of the pending rows: at most once a second, not every poll.
+        if last_count.elapsed() >= PENDING_GAUGE_EVERY {
+            last_count = tokio::time::Instant::now();
+            if let Ok(pending) = notifications::count_pending(&pool).await {
+                metrics::gauge!("lastseen_notifications_pending").set(pending as f64);
+            }
         }
         let pause = if failed { ERROR_PAUSE } else { RELAY_POLL };
         tokio::select! {
