@@ -57,11 +57,20 @@ async fn only_done_notifications_older_than_the_cutoff_are_pruned() -> anyhow::R
     ]
     .into();
 
-    // In batches smaller than the work: 2 + 1, then nothing left.
+    // Steps of 2 rows from the oldest: the three done old rows go, the pending ones are
+    // stepped over, and the walk stops at the first recent row.
     let cutoff = now - chrono::Duration::hours(1);
-    assert_eq!(notifications::prune_done(&env.pool, cutoff, 2).await?, 2);
-    assert_eq!(notifications::prune_done(&env.pool, cutoff, 2).await?, 1);
-    assert_eq!(notifications::prune_done(&env.pool, cutoff, 2).await?, 0);
+    let mut after = 0;
+    let mut deleted = Vec::new();
+    loop {
+        let step = notifications::prune_step(&env.pool, cutoff, after, 2).await?;
+        deleted.push(step.deleted);
+        match step.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(deleted, [2, 1, 0, 0], "rows deleted per step");
     assert_eq!(ids(&env).await?, kept);
     env.teardown().await
 }

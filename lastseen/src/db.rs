@@ -32,6 +32,27 @@ pub enum DbError {
     Cancelled,
 }
 
+impl DbError {
+    /// True when retrying cannot help: the database's schema history does not match this
+    /// build's migrations (a migration changed after it was applied, a newer build's
+    /// migration, or one left half-applied). Someone has to decide; waiting will not.
+    pub fn is_fatal(&self) -> bool {
+        use sqlx::migrate::MigrateError;
+        matches!(
+            self,
+            Self::Url(_)
+                | Self::Migrate(
+                    MigrateError::VersionMissing(_)
+                        | MigrateError::VersionMismatch(_)
+                        | MigrateError::VersionNotPresent(_)
+                        | MigrateError::VersionTooOld(..)
+                        | MigrateError::VersionTooNew(..)
+                        | MigrateError::Dirty(_)
+                )
+        )
+    }
+}
+
 fn backoff() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
@@ -41,7 +62,8 @@ fn backoff() -> ExponentialBuilder {
 }
 
 /// Connects a pool to a database that exists and is migrated, retrying with backoff
-/// while PostgreSQL is unreachable, until `cancel` fires.
+/// while PostgreSQL is unreachable, until `cancel` fires. A schema history that does not
+/// match this build's migrations ([`DbError::is_fatal`]) is returned at once.
 pub async fn connect_and_migrate(
     args: &DatabaseArgs,
     cancel: &CancellationToken,
@@ -64,9 +86,12 @@ pub async fn connect_and_migrate(
         MIGRATOR.run(&pool).await?;
         Ok(pool)
     };
-    let retried = prepare.retry(backoff()).notify(
-        |err, delay| tracing::warn!(error = %err, ?delay, "PostgreSQL not ready, retrying"),
-    );
+    let retried = prepare
+        .retry(backoff())
+        .when(|err: &DbError| !err.is_fatal())
+        .notify(
+            |err, delay| tracing::warn!(error = %err, ?delay, "PostgreSQL not ready, retrying"),
+        );
     tokio::select! {
         result = retried => result,
         () = cancel.cancelled() => Err(DbError::Cancelled),

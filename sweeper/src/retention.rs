@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 /// How often old notifications are looked for (the first time right at start).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Rows deleted per statement, so a large backlog never holds one long transaction.
+/// Rows looked at per statement, so a large backlog never makes one long transaction.
 const PRUNE_BATCH: i64 = 10_000;
 
 /// Prunes every [`PRUNE_EVERY`] until `shutdown`. Failures are logged and retried at the
@@ -31,7 +31,8 @@ pub async fn run(pool: PgPool, retention: Duration, shutdown: CancellationToken)
     }
 }
 
-/// Deletes, batch by batch, every done notification older than `retention`.
+/// Deletes, step by step from the oldest row, every done notification older than
+/// `retention`.
 async fn prune(
     pool: &PgPool,
     retention: Duration,
@@ -42,12 +43,14 @@ async fn prune(
         .checked_sub_signed(retention)
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
     let mut total = 0;
+    let mut after = 0;
     while !shutdown.is_cancelled() {
-        let deleted = notifications::prune_done(pool, cutoff, PRUNE_BATCH).await?;
-        metrics::counter!("lastseen_notifications_pruned_total").increment(deleted);
-        total += deleted;
-        if deleted < PRUNE_BATCH as u64 {
-            break;
+        let step = notifications::prune_step(pool, cutoff, after, PRUNE_BATCH).await?;
+        metrics::counter!("lastseen_notifications_pruned_total").increment(step.deleted);
+        total += step.deleted;
+        match step.next {
+            Some(next) => after = next,
+            None => break,
         }
     }
     Ok(total)

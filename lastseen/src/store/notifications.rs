@@ -68,26 +68,49 @@ pub async fn mark_published(
     Ok(result.rows_affected())
 }
 
-/// Deletes up to `limit` notifications created before `cutoff` that are done: published,
-/// and delivered, failed or skipped by the webhook. Rows another sweeper is deleting
-/// are skipped. Returns how many were deleted.
-pub async fn prune_done(
+/// What one pruning step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneStep {
+    /// Notifications deleted.
+    pub deleted: u64,
+    /// Where the next step starts (`after`), or `None` when this step reached rows
+    /// created after the cutoff, or the end of the table: the pruning is done.
+    pub next: Option<i64>,
+}
+
+/// One step of pruning: among the `limit` oldest notifications with an id above `after`,
+/// deletes those created before `cutoff` that are done (published, and delivered,
+/// failed or skipped by the webhook). Ids grow with `created_at`, so walking the primary
+/// key from the oldest row finds the old rows without an index of its own; a pending
+/// row is stepped over, not waited for.
+pub async fn prune_step(
     pool: &sqlx::PgPool,
     cutoff: chrono::DateTime<chrono::Utc>,
+    after: i64,
     limit: i64,
-) -> sqlx::Result<u64> {
-    let result = sqlx::query(
-        "DELETE FROM notifications WHERE id IN (
-             SELECT id FROM notifications
-             WHERE created_at < $1 AND published_at IS NOT NULL AND webhook_outcome IS NOT NULL
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED)",
+) -> sqlx::Result<PruneStep> {
+    let (deleted, read, last, all_old): (i64, i64, Option<i64>, Option<bool>) = sqlx::query_as(
+        "WITH oldest AS (
+             SELECT id, created_at < $2 AS old FROM notifications
+             WHERE id > $1 ORDER BY id LIMIT $3),
+         gone AS (
+             DELETE FROM notifications n USING oldest o
+             WHERE n.id = o.id AND o.old
+               AND n.published_at IS NOT NULL AND n.webhook_outcome IS NOT NULL
+             RETURNING n.id)
+         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM oldest),
+                (SELECT max(id) FROM oldest), (SELECT bool_and(old) FROM oldest)",
     )
+    .bind(after)
     .bind(cutoff)
     .bind(limit)
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(result.rows_affected())
+    let more = read == limit && all_old == Some(true);
+    Ok(PruneStep {
+        deleted: u64::try_from(deleted).unwrap_or_default(),
+        next: last.filter(|_| more),
+    })
 }
 
 /// How many notifications wait to be published.
