@@ -46,6 +46,19 @@ impl Default for Status {
     }
 }
 
+impl Status {
+    /// Every object online, answered in 1 to 10 ms: for tests about what happens after
+    /// the check, not about the check.
+    pub fn quick_all_online() -> Self {
+        Self {
+            delay_min_ms: 1,
+            delay_max_ms: 10,
+            online: "all",
+            ..Self::default()
+        }
+    }
+}
+
 /// A running component: its name, its stop token, and its task until stopped.
 type Component = (
     String,

@@ -28,13 +28,7 @@ async fn events_of(env: &TestEnv, id: i64) -> anyhow::Result<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_expired_then_seen_again_gives_expired_then_online_and_its_history_shows_both()
 -> anyhow::Result<()> {
-    let mut env = TestEnv::start(Status {
-        delay_min_ms: 1,
-        delay_max_ms: 10,
-        online: "all",
-        ..Status::default()
-    })
-    .await?;
+    let mut env = TestEnv::start(Status::quick_all_online()).await?;
     let url = env.start_producer(&[]).await?;
     env.start_consumer(&["--object-ttl-secs=1"])?;
     env.start_sweeper(&[])?;
@@ -214,13 +208,7 @@ async fn two_sweepers_expire_each_object_once_with_one_notification() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callbacks_ttl_secs_sets_the_deadline_of_its_objects() -> anyhow::Result<()> {
-    let mut env = TestEnv::start(Status {
-        delay_min_ms: 1,
-        delay_max_ms: 10,
-        online: "all",
-        ..Status::default()
-    })
-    .await?;
+    let mut env = TestEnv::start(Status::quick_all_online()).await?;
     let url = env.start_producer(&[]).await?;
     env.start_consumer(&["--object-ttl-secs=30"])?;
     let json = Some("application/json");

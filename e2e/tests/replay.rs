@@ -18,13 +18,7 @@ struct Cli {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_dead_letters_go_back_to_work_and_their_ids_are_stored() -> anyhow::Result<()> {
-    let mut env = TestEnv::start(Status {
-        delay_min_ms: 1,
-        delay_max_ms: 10,
-        online: "all",
-        ..Status::default()
-    })
-    .await?;
+    let mut env = TestEnv::start(Status::quick_all_online()).await?;
     let topology = env.topology();
     // Two letters as the consumer leaves them after MAX_ATTEMPTS.
     for ids in [vec![1, 2, 3], vec![40, 41]] {

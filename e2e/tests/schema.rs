@@ -9,6 +9,17 @@ use lastseen::db::{DbError, connect_and_migrate};
 use sqlx::migrate::MigrateError;
 use tokio_util::sync::CancellationToken;
 
+/// The error `connect_and_migrate` returns, which must come within 10 s (not retried).
+async fn refused_at_once(args: &lastseen::config::DatabaseArgs) -> DbError {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        connect_and_migrate(args, &CancellationToken::new()),
+    )
+    .await
+    .expect("a fatal error is returned at once, not retried")
+    .expect_err("the schema history is refused")
+}
+
 #[tokio::test]
 async fn a_changed_or_unknown_migration_is_a_fatal_error_not_an_outage() -> anyhow::Result<()> {
     let env = TestEnv::start(Status::default()).await?;
@@ -25,13 +36,7 @@ async fn a_changed_or_unknown_migration_is_a_fatal_error_not_an_outage() -> anyh
     sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = 1")
         .execute(&env.pool)
         .await?;
-    let err = tokio::time::timeout(
-        Duration::from_secs(10),
-        connect_and_migrate(&args, &CancellationToken::new()),
-    )
-    .await
-    .expect("a fatal error is returned at once, not retried")
-    .expect_err("the changed migration is refused");
+    let err = refused_at_once(&args).await;
     assert!(
         matches!(err, DbError::Migrate(MigrateError::VersionMismatch(1))),
         "{err}"
@@ -70,13 +75,7 @@ async fn a_changed_or_unknown_migration_is_a_fatal_error_not_an_outage() -> anyh
     )
     .execute(&env.pool)
     .await?;
-    let err = tokio::time::timeout(
-        Duration::from_secs(10),
-        connect_and_migrate(&args, &CancellationToken::new()),
-    )
-    .await
-    .expect("a fatal error is returned at once, not retried")
-    .expect_err("an unknown migration is refused");
+    let err = refused_at_once(&args).await;
     assert!(
         matches!(err, DbError::Migrate(MigrateError::VersionMissing(9999))),
         "{err}"

@@ -12,16 +12,6 @@ use serde_json::{Value, json};
 
 const JSON: Option<&str> = Some("application/json");
 
-/// Fast, always-online status answers, so stored ids are exactly the accepted ones.
-fn all_online() -> Status {
-    Status {
-        delay_min_ms: 1,
-        delay_max_ms: 20,
-        online: "all",
-        fail_rate: 0.0,
-    }
-}
-
 async fn readiness(callback_url: &str) -> anyhow::Result<(u16, Value)> {
     let response = reqwest::get(callback_url.replace("/callback", "/readyz")).await?;
     let status = response.status().as_u16();
@@ -58,7 +48,7 @@ async fn ids_in_checks_queue(env: &TestEnv) -> anyhow::Result<Vec<i64>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_callbacks_while_rabbitmq_is_down_all_get_202_and_every_id_is_stored_after()
 -> anyhow::Result<()> {
-    let mut env = TestEnv::start(all_online()).await?;
+    let mut env = TestEnv::start(Status::quick_all_online()).await?;
     let proxy = FaultProxy::start("127.0.0.1:5672").await?;
     let url = env
         .start_producer(&[&format!("--amqp-url={}", proxy.amqp_url())])
@@ -122,7 +112,7 @@ async fn thousand_callbacks_while_rabbitmq_is_down_all_get_202_and_every_id_is_s
 #[tokio::test]
 async fn a_callback_whose_confirms_do_not_arrive_in_time_is_spooled_then_published()
 -> anyhow::Result<()> {
-    let mut env = TestEnv::start(all_online()).await?;
+    let mut env = TestEnv::start(Status::quick_all_online()).await?;
     let proxy = Arc::new(FaultProxy::start("127.0.0.1:5672").await?);
     let url = env
         .start_producer(&[
@@ -158,7 +148,7 @@ async fn a_callback_whose_confirms_do_not_arrive_in_time_is_spooled_then_publish
 #[tokio::test]
 async fn a_restarted_producer_publishes_what_an_earlier_one_left_in_the_spool() -> anyhow::Result<()>
 {
-    let mut env = TestEnv::start(all_online()).await?;
+    let mut env = TestEnv::start(Status::quick_all_online()).await?;
     let first = env
         .start_producer(&["--amqp-url=amqp://guest:guest@127.0.0.1:1/%2f"])
         .await?;
