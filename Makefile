@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECS ?= 60
 
-.PHONY: run test services build lint latency run-check compose-check ci bench chaos fuzz api-fuzz retry-check expiry-bench
+.PHONY: run test services build lint latency run-check compose-check ci bench chaos fuzz api-fuzz retry-check expiry-bench fresh-check
 
 ## run: install/start PostgreSQL and RabbitMQ if needed, build, start the whole pipeline
 run: services build
@@ -62,3 +62,7 @@ fuzz:
 ## api-fuzz: requests generated from /openapi.json (schemathesis) against the release producer: no 5xx, answers as documented, nothing published for a rejected request
 api-fuzz: services
 	@scripts/api-fuzz.sh
+
+## fresh-check: the README's two commands on a fresh Debian 12 (debootstrap chroot, offline network namespace); root, ~30 min
+fresh-check:
+	@scripts/fresh-check.sh

@@ -13,7 +13,7 @@ IDS=${RETRY_CHECK_IDS:-1000}
 MAX_CPU_PERCENT=${RETRY_CHECK_MAX_CPU_PERCENT:-10}
 PREFIX=retry-check
 export TOPOLOGY_PREFIX=$PREFIX NOTIFICATIONS_EXCHANGE=$PREFIX.notifications
-export DATABASE_URL=postgres://postgres@127.0.0.1:5432/lastseen_retrycheck
+export DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/lastseen_retrycheck
 export SPOOL_PATH=$OUT/spool/producer.redb CALLBACK_ADDR=127.0.0.1:19690
 export STATUS_ADDR=127.0.0.1:19610 STATUS_URL=http://127.0.0.1:19610
 export STATUS_FAIL_RATE=1.0 STATUS_DELAY_MIN_MS=0 STATUS_DELAY_MAX_MS=0
@@ -30,7 +30,7 @@ cleanup() {
   for q in $(rabbitmqctl -q list_queues name --no-table-headers 2>/dev/null | grep "^$PREFIX\." || true); do
     rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
   done
-  psql -q postgres://postgres@127.0.0.1:5432/postgres -c 'DROP DATABASE IF EXISTS lastseen_retrycheck WITH (FORCE)' >/dev/null 2>&1 || true
+  psql -q postgres://postgres:postgres@127.0.0.1:5432/postgres -c 'DROP DATABASE IF EXISTS lastseen_retrycheck WITH (FORCE)' >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 start() { local name=$1; shift; "$@" >"$OUT/$name.log" 2>&1 & pids+=($!); }

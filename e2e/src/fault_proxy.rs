@@ -36,12 +36,16 @@ impl FaultProxy {
 
     /// The AMQP URL that reaches the broker through this proxy.
     pub fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.addr)
+        crate::servers::amqp_server()
+            .with_host(self.addr)
+            .to_string()
     }
 
     /// The URL of `database` on the PostgreSQL server behind this proxy.
     pub fn postgres_url(&self, database: &str) -> String {
-        format!("postgres://postgres@{}/{database}", self.addr)
+        crate::servers::postgres_server()
+            .with_host(self.addr)
+            .with_database(database)
     }
 
     /// Drops every connection and refuses new ones, as a stopped server would.

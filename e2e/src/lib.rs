@@ -19,12 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 pub mod fault_proxy;
 pub mod id_oracle;
+pub mod private_postgres;
 pub mod process;
+pub mod servers;
 
-/// RabbitMQ used by the tests (the machine's shared broker).
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-/// PostgreSQL server used by the tests; each test gets its own database on it.
-pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+pub use servers::{amqp_server, amqp_url, postgres_server};
 
 /// Status simulator settings for a test.
 #[derive(Debug, Clone)]
@@ -87,7 +86,7 @@ impl TestEnv {
     /// Creates the database and topology names and starts a status simulator.
     pub async fn start(status: Status) -> anyhow::Result<Self> {
         let name = format!("t{}", uuid::Uuid::new_v4().simple());
-        let database_url = format!("{PG_SERVER}/lastseen_test_{name}");
+        let database_url = postgres_server().with_database(&format!("lastseen_test_{name}"));
         let prefix = format!("test-{name}");
         let notifications_exchange = format!("{prefix}.notifications-x");
         let shutdown = CancellationToken::new();
@@ -115,7 +114,7 @@ impl TestEnv {
             database_max_connections: 4,
         };
         let pool = lastseen::db::connect_and_migrate(&db_args, &shutdown).await?;
-        let amqp = lastseen::amqp::connect(AMQP_URL, "e2e-test").await?;
+        let amqp = lastseen::amqp::connect(&amqp_url(), "e2e-test").await?;
         let channel = amqp.create_channel().await?;
         let spool_dir = std::env::temp_dir().join(format!("lastseen-test-{name}"));
         let env = Self {
@@ -153,7 +152,7 @@ impl TestEnv {
     /// The environment a spawned binary needs to join this test's pipeline.
     pub fn process_env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("AMQP_URL", AMQP_URL.into()),
+            ("AMQP_URL", amqp_url()),
             ("DATABASE_URL", self.database_url.clone()),
             ("TOPOLOGY_PREFIX", self.prefix.clone()),
             (
@@ -171,7 +170,7 @@ impl TestEnv {
 
     fn common_args(&self) -> Vec<String> {
         vec![
-            format!("--amqp-url={AMQP_URL}"),
+            format!("--amqp-url={}", amqp_url()),
             format!("--topology-prefix={}", self.prefix),
             format!("--notifications-exchange={}", self.notifications_exchange),
             "--rust-log=warn".into(),
@@ -368,7 +367,7 @@ impl TestEnv {
         let _ = self.amqp.close(200, "teardown".into()).await;
         self.pool.close().await;
         let _ = std::fs::remove_dir_all(&self.spool_dir);
-        let admin = PgPool::connect(&format!("{PG_SERVER}/postgres")).await?;
+        let admin = PgPool::connect(&postgres_server().with_database("postgres")).await?;
         // The name is ours (a UUID), not input: safe to splice into DDL.
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"lastseen_test_{}\" WITH (FORCE)",

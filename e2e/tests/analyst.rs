@@ -1,6 +1,6 @@
 //! Analysts read through a read-only role: every table can be queried, nothing written.
 
-use e2e::{PG_SERVER, Status, TestEnv};
+use e2e::{Status, TestEnv};
 use sqlx::PgPool;
 
 #[tokio::test]
@@ -22,8 +22,12 @@ async fn the_analyst_login_reads_every_table_and_cannot_write() -> anyhow::Resul
         .await?;
 
     let database = env.database_url.rsplit('/').next().unwrap_or_default();
-    let server = PG_SERVER.replace("postgres@", "analyst:analyst@");
-    let analyst = PgPool::connect(&format!("{server}/{database}")).await?;
+    let analyst = PgPool::connect(
+        &e2e::postgres_server()
+            .with_login("analyst", "analyst")
+            .with_database(database),
+    )
+    .await?;
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM objects")
         .fetch_all(&analyst)
         .await?;

@@ -176,7 +176,7 @@ async fn consumer_stops_with_a_clear_error_when_the_queue_exists_with_another_de
     // The test's topology is declared with a delivery-limit of 20.
     let config = consumer::Config::try_parse_from([
         "consumer".to_owned(),
-        format!("--amqp-url={}", e2e::AMQP_URL),
+        format!("--amqp-url={}", e2e::amqp_url()),
         format!("--database-url={}", env.database_url),
         format!("--topology-prefix={}", env.prefix),
         format!("--notifications-exchange={}", env.notifications_exchange),

@@ -196,8 +196,8 @@ async fn every_binary_serves_metrics_that_count_what_happened() -> anyhow::Resul
 async fn readyz_turns_not_ready_within_five_seconds_of_an_outage_and_ready_after()
 -> anyhow::Result<()> {
     let env = TestEnv::start(Status::default()).await?;
-    let broker = FaultProxy::start("127.0.0.1:5672").await?;
-    let postgres = FaultProxy::start("127.0.0.1:5432").await?;
+    let broker = FaultProxy::start(e2e::amqp_server().host()).await?;
+    let postgres = FaultProxy::start(e2e::postgres_server().host()).await?;
     let database = env
         .database_url
         .rsplit('/')

@@ -21,7 +21,7 @@ async fn consumer_reconnects_after_its_broker_connection_drops_and_stores_every_
         ..Status::default()
     })
     .await?;
-    let proxy = FaultProxy::start("127.0.0.1:5672").await?;
+    let proxy = FaultProxy::start(e2e::amqp_server().host()).await?;
     let url = env.start_producer(&[]).await?;
     env.start_consumer(&[&format!("--amqp-url={}", proxy.amqp_url())])?;
 
@@ -64,7 +64,7 @@ async fn consumer_acks_nothing_while_postgres_is_down_and_stores_every_id_after(
         ..Status::default()
     })
     .await?;
-    let proxy = FaultProxy::start("127.0.0.1:5432").await?;
+    let proxy = FaultProxy::start(e2e::postgres_server().host()).await?;
     let database = env
         .database_url
         .rsplit('/')

@@ -50,7 +50,7 @@ async fn replayed_dead_letters_go_back_to_work_and_their_ids_are_stored() -> any
 
     let cli = Cli::try_parse_from([
         "replay-dead-letters".to_owned(),
-        format!("--amqp-url={}", e2e::AMQP_URL),
+        format!("--amqp-url={}", e2e::amqp_url()),
         format!("--topology-prefix={}", env.prefix),
         format!("--notifications-exchange={}", env.notifications_exchange),
     ])?;

@@ -49,7 +49,7 @@ async fn ids_in_checks_queue(env: &TestEnv) -> anyhow::Result<Vec<i64>> {
 async fn thousand_callbacks_while_rabbitmq_is_down_all_get_202_and_every_id_is_stored_after()
 -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::quick_all_online()).await?;
-    let proxy = FaultProxy::start("127.0.0.1:5672").await?;
+    let proxy = FaultProxy::start(e2e::amqp_server().host()).await?;
     let url = env
         .start_producer(&[&format!("--amqp-url={}", proxy.amqp_url())])
         .await?;
@@ -113,7 +113,7 @@ async fn thousand_callbacks_while_rabbitmq_is_down_all_get_202_and_every_id_is_s
 async fn a_callback_whose_confirms_do_not_arrive_in_time_is_spooled_then_published()
 -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::quick_all_online()).await?;
-    let proxy = Arc::new(FaultProxy::start("127.0.0.1:5672").await?);
+    let proxy = Arc::new(FaultProxy::start(e2e::amqp_server().host()).await?);
     let url = env
         .start_producer(&[
             &format!("--amqp-url={}", proxy.amqp_url()),

@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::Misconfigured;
 
 /// AMQP delivery mode that makes a message survive a broker restart.
 pub const PERSISTENT: u8 = 2;
@@ -18,7 +21,11 @@ pub enum AmqpError {
     #[error("RabbitMQ at {url} is unreachable: {source}")]
     Connect { url: String, source: lapin::Error },
     #[error("RabbitMQ operation failed: {0}")]
-    Protocol(#[from] lapin::Error),
+    Protocol(lapin::Error),
+    /// RabbitMQ refused the credentials, the virtual host or a permission of `AMQP_URL`,
+    /// or a queue exists with other arguments than `DELIVERY_LIMIT` gives it.
+    #[error("RabbitMQ refused the settings")]
+    Refused(#[source] Misconfigured),
     #[error("RabbitMQ refused (nack) a message published to exchange {exchange:?}")]
     Nacked { exchange: String },
     #[error(
@@ -30,17 +37,47 @@ pub enum AmqpError {
     },
     #[error("stopped while connecting to RabbitMQ")]
     Cancelled,
-    #[error(
-        "queue {queue:?} already exists with other arguments than these settings give it (DELIVERY_LIMIT, TOPOLOGY_PREFIX): {reason}. Keep the settings it was created with, or delete the queue (its messages with it) and restart"
-    )]
-    QueueMismatch { queue: String, reason: String },
 }
 
 impl AmqpError {
     /// True for errors no retry can fix: the process should stop and say why.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::QueueMismatch { .. })
+        matches!(self, Self::Refused(_))
     }
+}
+
+impl From<lapin::Error> for AmqpError {
+    /// Sorts the broker's refusals of the settings (a wrong user or password, an unknown
+    /// virtual host, a missing permission) from the failures a retry can outlast.
+    fn from(err: lapin::Error) -> Self {
+        match refusal(&err) {
+            Some(reason) => Self::Refused(Misconfigured {
+                setting: "AMQP_URL",
+                reason,
+            }),
+            None => Self::Protocol(err),
+        }
+    }
+}
+
+/// Why RabbitMQ refused the settings, when `err` is such a refusal: ACCESS_REFUSED (403:
+/// login or permission) or NOT_ALLOWED (530: virtual host). The server's text names the
+/// user or virtual host, never the password.
+fn refusal(err: &lapin::Error) -> Option<String> {
+    let lapin::ErrorKind::ProtocolError(amqp) = err.kind() else {
+        return None;
+    };
+    let refused = matches!(
+        amqp.kind(),
+        AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+            | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
+    );
+    refused.then(|| {
+        format!(
+            "RabbitMQ refused it: {} (check the user, password and virtual host)",
+            amqp.get_message()
+        )
+    })
 }
 
 /// The backoff used for every reconnection: exponential from 100 ms, capped at 2.5 s,
@@ -54,26 +91,35 @@ pub fn reconnect_backoff() -> ExponentialBuilder {
 }
 
 /// Connects once; the connection is named so admins can tell processes apart in the UI.
+/// A refusal of the settings is [`AmqpError::Refused`]; anything else is
+/// [`AmqpError::Connect`].
 pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url, properties)
         .await
-        .map_err(|source| AmqpError::Connect {
-            url: redact(url),
-            source,
+        .map_err(|source| match AmqpError::from(source) {
+            AmqpError::Protocol(source) => AmqpError::Connect {
+                url: redact(url),
+                source,
+            },
+            refused => refused,
         })
 }
 
-/// Connects, retrying with backoff and jitter until it succeeds or `cancel` fires.
+/// Connects, retrying with backoff and jitter until it succeeds or `cancel` fires. An
+/// error no retry can fix ([`AmqpError::is_fatal`]) is returned at once.
 pub async fn connect_with_retry(
     url: &str,
     name: &str,
     cancel: &CancellationToken,
 ) -> Result<Connection, AmqpError> {
     let attempt = || connect(url, name);
-    let retried = attempt.retry(reconnect_backoff()).notify(
-        |err, delay| tracing::warn!(error = %err, ?delay, "RabbitMQ not reachable, retrying"),
-    );
+    let retried = attempt
+        .retry(reconnect_backoff())
+        .when(|err: &AmqpError| !err.is_fatal())
+        .notify(
+            |err, delay| tracing::warn!(error = %err, ?delay, "RabbitMQ not reachable, retrying"),
+        );
     tokio::select! {
         result = retried => result,
         () = cancel.cancelled() => Err(AmqpError::Cancelled),

@@ -63,14 +63,37 @@ pub fn one_line_error(err: &clap::Error) -> String {
     }
 }
 
-/// Prints a run error on one line (with its causes) and turns it into an exit code.
+/// A setting that the service it names refused: a wrong password, an unknown user or
+/// virtual host, missing permissions. Retrying cannot fix it; changing the setting can, so
+/// the process stops with [`BAD_CONFIG_EXIT`] and one line naming the setting.
+///
+/// The reason must never hold a secret: it is built from the server's answer and the
+/// user name, never from the URL.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting}: {reason}")]
+pub struct Misconfigured {
+    /// The environment variable to change, e.g. `DATABASE_URL`.
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+/// Prints a run error on one line (with its causes) and turns it into an exit code:
+/// 2 with just the [`Misconfigured`] line when a setting was refused, 1 otherwise.
 pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            match err.chain().find_map(|e| e.downcast_ref::<Misconfigured>()) {
+                Some(refused) => {
+                    eprintln!("{refused}");
+                    ExitCode::from(BAD_CONFIG_EXIT)
+                }
+                None => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DatabaseArgs;
+use crate::config::{DatabaseArgs, Misconfigured};
 
 /// The schema, embedded at build time from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -24,8 +24,11 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum DbError {
     #[error("invalid DATABASE_URL: {0}")]
     Url(sqlx::Error),
-    #[error("PostgreSQL is unreachable or refused: {0}")]
-    Connect(#[from] sqlx::Error),
+    #[error("PostgreSQL is unreachable or failed: {0}")]
+    Connect(sqlx::Error),
+    /// PostgreSQL refused the user, password, database or a permission of `DATABASE_URL`.
+    #[error("PostgreSQL refused the settings")]
+    Refused(#[source] Misconfigured),
     #[error("applying migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stopped while connecting to PostgreSQL")]
@@ -33,14 +36,16 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// True when retrying cannot help: the database's schema history does not match this
-    /// build's migrations (a migration changed after it was applied, a newer build's
-    /// migration, or one left half-applied). Someone has to decide; waiting will not.
+    /// True when retrying cannot help: PostgreSQL refused the settings, or the
+    /// database's schema history does not match this build's migrations (a migration
+    /// changed after it was applied, a newer build's migration, or one left
+    /// half-applied). Someone has to decide; waiting will not.
     pub fn is_fatal(&self) -> bool {
         use sqlx::migrate::MigrateError;
         matches!(
             self,
             Self::Url(_)
+                | Self::Refused(_)
                 | Self::Migrate(
                     MigrateError::VersionMissing(_)
                         | MigrateError::VersionMismatch(_)
@@ -50,6 +55,34 @@ impl DbError {
                         | MigrateError::Dirty(_)
                 )
         )
+    }
+}
+
+/// SQLSTATEs by which PostgreSQL refuses the settings rather than fails for a while:
+/// a wrong password, a login `pg_hba.conf` or the roles refuse, a missing permission (to
+/// create the database, say), a database that does not exist.
+const REFUSALS: &[(&str, &str)] = &[
+    ("28P01", "check the user and password"),
+    ("28000", "check the user, and pg_hba.conf on the server"),
+    ("42501", "the user needs that permission"),
+    ("3D000", "check the database name"),
+];
+
+impl From<sqlx::Error> for DbError {
+    fn from(err: sqlx::Error) -> Self {
+        let refusal = err.as_database_error().and_then(|db| {
+            let code = db.code()?;
+            let (_, hint) = REFUSALS.iter().find(|(c, _)| *c == code)?;
+            // The server's text names the user or database, never the password.
+            Some(format!("PostgreSQL refused it: {} ({hint})", db.message()))
+        });
+        match refusal {
+            Some(reason) => Self::Refused(Misconfigured {
+                setting: "DATABASE_URL",
+                reason,
+            }),
+            None => Self::Connect(err),
+        }
     }
 }
 
@@ -75,7 +108,7 @@ pub async fn connect_and_migrate(
             if let Err(err) = Postgres::create_database(&args.database_url).await
                 && !Postgres::database_exists(&args.database_url).await?
             {
-                return Err(DbError::Connect(err));
+                return Err(err.into());
             }
         }
         let pool = PgPoolOptions::new()

@@ -18,6 +18,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use crate::amqp::{AmqpError, no_args};
+use crate::config::Misconfigured;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 
 /// Routing key of check messages on the callbacks exchange.
@@ -212,10 +213,13 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Resul
                     AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
                 ) =>
             {
-                Err(AmqpError::QueueMismatch {
-                    queue: name.to_owned(),
-                    reason: amqp.get_message().to_string(),
-                })
+                Err(AmqpError::Refused(Misconfigured {
+                    setting: "DELIVERY_LIMIT",
+                    reason: format!(
+                        "queue {name:?} already exists with other arguments than these settings give it (DELIVERY_LIMIT, TOPOLOGY_PREFIX): {}. Keep the settings it was created with, or delete the queue (its messages with it) and restart",
+                        amqp.get_message()
+                    ),
+                }))
             }
             _ => Err(err.into()),
         },

@@ -66,8 +66,13 @@ impl CallbackPublisher {
     }
 
     /// Keeps a usable session until `shutdown`: connects, declares the topology, and
-    /// reconnects with backoff and jitter whenever the session breaks.
-    pub async fn keep_connected(self: Arc<Self>, shutdown: CancellationToken) {
+    /// reconnects with backoff and jitter whenever the session breaks. Returns an error
+    /// no retry can fix ([`AmqpError::is_fatal`]: refused credentials, a queue declared
+    /// with other settings) at once, for the producer to stop with it.
+    pub async fn keep_connected(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Result<(), AmqpError> {
         let mut backoff = amqp::reconnect_backoff().build();
         while !shutdown.is_cancelled() {
             if self.current().is_some() {
@@ -84,14 +89,10 @@ impl CallbackPublisher {
                     self.session_tx.send_replace(Some(session));
                     backoff = amqp::reconnect_backoff().build();
                 }
+                Err(err) if err.is_fatal() => return Err(err),
                 Err(err) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    if err.is_fatal() {
-                        // Callbacks still go to the spool while an admin fixes this.
-                        tracing::error!(error = %err, ?delay, "cannot use RabbitMQ with these settings");
-                    } else {
-                        tracing::warn!(error = %err, ?delay, "RabbitMQ not reachable, retrying");
-                    }
+                    tracing::warn!(error = %err, ?delay, "RabbitMQ not reachable, retrying");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = shutdown.cancelled() => break,
@@ -99,6 +100,7 @@ impl CallbackPublisher {
                 }
             }
         }
+        Ok(())
     }
 
     async fn connect(&self) -> Result<Arc<Session>, AmqpError> {

@@ -32,7 +32,7 @@ pub struct Application {
     router: Router,
     publisher: Arc<CallbackPublisher>,
     spool: Arc<Spool>,
-    keeper: tokio::task::JoinHandle<()>,
+    keeper: tokio::task::JoinHandle<Result<(), lastseen::amqp::AmqpError>>,
     drain: tokio::task::JoinHandle<()>,
     keeper_stop: CancellationToken,
     header_read_timeout: Duration,
@@ -55,7 +55,10 @@ impl Application {
         let keeper = tokio::spawn(publisher.clone().keep_connected(keeper_stop.clone()));
         // Give the first connection a moment, so the first callbacks find it ready.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while !publisher.is_connected() && tokio::time::Instant::now() < deadline {
+        while !publisher.is_connected()
+            && !keeper.is_finished()
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if !publisher.is_connected() {
@@ -119,33 +122,54 @@ impl Application {
             .unwrap_or_default()
     }
 
-    /// Serves until `shutdown` fires, then finishes in-flight callbacks and closes.
+    /// Serves until `shutdown` fires, then finishes in-flight callbacks and closes. Stops
+    /// the same way, and returns the error, when RabbitMQ refuses the settings: no retry
+    /// can fix that, and callbacks must not pile up in the spool while nobody notices.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "producer listening");
-        let stopping = shutdown.clone();
+        let stopping = shutdown.child_token();
         let server = crate::server::serve(
             self.listener,
             self.router,
             self.header_read_timeout,
-            stopping,
+            stopping.clone(),
         );
+        let mut keeper = self.keeper;
+        let mut keeper_ended = None;
+        let serving = async {
+            tokio::pin!(server);
+            tokio::select! {
+                () = &mut server => {}
+                ended = &mut keeper => {
+                    keeper_ended = Some(ended);
+                    stopping.cancel();
+                    server.await;
+                }
+            }
+        };
         tokio::select! {
-            () = server => {}
+            () = serving => {}
             () = async {
-                shutdown.cancelled().await;
+                stopping.cancelled().await;
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             } => tracing::warn!("in-flight callbacks did not finish within the grace period"),
         }
         self.keeper_stop.cancel();
         let _ = self.drain.await;
-        let _ = self.keeper.await;
+        let keeper_ended = match keeper_ended {
+            Some(ended) => ended,
+            None => keeper.await,
+        };
         self.publisher.close().await;
         self.spool.close().await;
         tracing::info!(
             spooled_callbacks_left = self.spool.pending_callbacks(),
             "producer stopped"
         );
-        Ok(())
+        match keeper_ended {
+            Ok(Err(refused)) => Err(refused.into()),
+            _ => Ok(()),
+        }
     }
 }
 

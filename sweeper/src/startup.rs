@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::expiry;
-use crate::relay::Relay;
+use crate::relay::{Relay, RelayError};
 use crate::retention;
 use crate::webhook::{self, WebhookSettings};
 
@@ -41,8 +41,11 @@ impl Application {
     }
 
     /// Sweeps and relays until `shutdown` fires; a round in progress is finished first.
+    /// Stops the same way, and returns the error, when RabbitMQ refuses the settings.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config;
+        // Cancelled by the signal, or by the relay when no retry can fix its error.
+        let shutdown = shutdown.child_token();
         // Health and metrics first, so a probe sees the process while it waits for PostgreSQL.
         let database = Arc::new(OnceLock::new());
         let relay_connected = Arc::new(AtomicBool::new(false));
@@ -111,7 +114,7 @@ impl Application {
                 () = shutdown.cancelled() => {}
             }
         }
-        let _ = relay_task.await;
+        let relayed = relay_task.await;
         let _ = retention_task.await;
         if let Some(task) = webhook_task {
             let _ = task.await;
@@ -119,7 +122,10 @@ impl Application {
         ops.stop().await;
         pool.close().await;
         tracing::info!("sweeper stopped");
-        Ok(())
+        match relayed {
+            Ok(Err(refused)) => Err(refused.into()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -138,14 +144,15 @@ fn webhook_settings(config: &Config) -> Option<WebhookSettings> {
 
 /// Publishes the outbox until `shutdown`: right after a sweep expired something, and
 /// every [`RELAY_POLL`] otherwise (another sweeper's rows, rows of consumers'
-/// `object.online`, rows left by a crash).
+/// `object.online`, rows left by a crash). An error no retry can fix cancels `shutdown`
+/// and is returned, so the sweeper stops with it.
 async fn relay_outbox(
     mut relay: Relay,
     pool: PgPool,
     expired: Arc<Notify>,
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), RelayError> {
     let mut last_count = tokio::time::Instant::now() - PENDING_GAUGE_EVERY;
     while !shutdown.is_cancelled() {
         // Each round is bounded, and the whole is abandoned on shutdown: a blocked broker
@@ -159,9 +166,9 @@ async fn relay_outbox(
             Ok(0) => {}
             Ok(n) => tracing::debug!(published = n, "notifications published"),
             Err(err) if err.is_fatal() => {
-                // Expiry goes on (notifications wait in the outbox) while this is fixed.
-                tracing::error!(error = %err, "notification relay cannot run with these settings");
-                failed = true;
+                relay.close().await;
+                shutdown.cancel();
+                return Err(err);
             }
             Err(err) => {
                 tracing::warn!(error = %err, "notification relay failed; will retry");
@@ -184,6 +191,7 @@ async fn relay_outbox(
         }
     }
     relay.close().await;
+    Ok(())
 }
 
 /// Ready when PostgreSQL answers and the relay holds a RabbitMQ connection.

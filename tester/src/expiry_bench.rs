@@ -35,7 +35,7 @@ pub struct ExpiryBenchArgs {
     #[arg(long, env = "EXPIRY_BENCH_RATE", default_value_t = 10_000)]
     pub rate: u32,
     /// The PostgreSQL server; the bench uses its own database on it.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    #[arg(long, default_value = "postgres://postgres:postgres@127.0.0.1:5432")]
     pub postgres: String,
     #[arg(
         long,
