@@ -36,7 +36,11 @@ toolchain=$(rustup default 2>/dev/null | awk '{print $1}')
 dir=$(realpath -m "${FRESH_DIR:-target/fresh-check}")
 root=$dir/rootfs
 suite=${FRESH_SUITE:-bookworm}
-mirror=${FRESH_MIRROR:-$(grep -hsoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}' | head -n 1)}
+machine_mirror() { # the first Debian archive in the machine's apt sources
+  cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null \
+    | grep -oE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' | awk '{print $2}' | head -n 1 || true
+}
+mirror=${FRESH_MIRROR:-$(machine_mirror)}
 mirror=${mirror:-http://deb.debian.org/debian}
 netns=lastseen-fresh-$$
 summary=$repo/target/fresh-check-summary.txt
@@ -89,6 +93,10 @@ debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$dir/debootstrap.log"
   || fail "debootstrap failed; see $dir/debootstrap.log (FRESH_KEEP=1 keeps it)"
 t_debootstrap=$(elapsed "$t")
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The machine's own extra CA certificates (such as a TLS-inspecting proxy's): what the
+# network needs, not what the project needs.
+mkdir -p "$root/usr/local/share/ca-certificates"
+cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
 printf '127.0.0.1 localhost fresh\n::1 localhost ip6-localhost\n' >"$root/etc/hosts"
 echo fresh >"$root/etc/hostname"
 
@@ -99,6 +107,7 @@ in_chroot online '
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq make curl git ca-certificates gcc libc6-dev >/dev/null
+  update-ca-certificates >/dev/null 2>&1
   # What `make run` will install, downloaded now: the services and tests run offline.
   apt-get install -y -qq --download-only postgresql rabbitmq-server >/dev/null
   cd /root/lastseen && cargo fetch --locked -q
@@ -115,7 +124,9 @@ in_chroot offline '
   export CARGO_NET_OFFLINE=true
   cd /root/lastseen
   start=$(date +%s)
-  setsid make run >/root/run.log 2>&1 &
+  # As from a terminal: its own process group, and SIGINT not ignored (a non-interactive
+  # shell starts background jobs with SIGINT ignored, which would make Ctrl-C a no-op).
+  setsid env --default-signal=INT make run >/root/run.log 2>&1 &
   make_pid=$!
   for ((i = 0; i < 1800; i++)); do
     grep -q "Ctrl-C stops everything" /root/run.log && break

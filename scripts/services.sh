@@ -22,7 +22,8 @@ if [ "$(id -u)" -ne 0 ]; then
   SUDO=(sudo)
 fi
 as_root() { "${SUDO[@]}" "$@"; }
-as_postgres() { as_root runuser -u postgres -- "$@"; }
+# From /, which the postgres user may read (the clone may sit where it may not).
+as_postgres() { (cd / && as_root runuser -u postgres -- "$@"); }
 
 # systemd manages the services when it is the init system; elsewhere (containers, WSL,
 # chroots) they are started directly.
