@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECS ?= 60
 
-.PHONY: run test services build lint latency run-check compose-check ci bench chaos fuzz api-fuzz retry-check expiry-bench fresh-check
+.PHONY: run test unit services build lint latency run-check compose-check ci bench chaos fuzz api-fuzz retry-check expiry-bench fresh-check
 
 ## run: install/start PostgreSQL and RabbitMQ if needed, build, start the whole pipeline
 run: services build
@@ -13,6 +13,11 @@ run: services build
 ## test: install/start the services if needed, then run the whole test suite
 test: services
 	@scripts/test.sh
+
+## unit: the tests that need no PostgreSQL or RabbitMQ (the crates' own, and the binaries' command-line and log-format checks)
+unit:
+	$(CARGO) test --workspace --locked --lib --bins
+	$(CARGO) test --locked -p e2e --test it -- config:: logs::
 
 services:
 	@scripts/services.sh
@@ -45,7 +50,7 @@ bench: services build
 
 ## expiry-bench: 100,000 objects expiring together with two sweepers (one killed -9), and 10,000 expiries/s: lag and duplicates
 expiry-bench: services build
-	@$(CARGO) run --release --locked -q -p tester -- expiry-bench
+	@$(CARGO) run --release --locked -q -p harness -- expiry-bench
 
 ## retry-check: status service failing everything: growing retry delays, dead letters with reason after MAX_ATTEMPTS, low consumer CPU
 retry-check: services build

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make bench`: the whole pipeline on this machine under load (tester bench).
+# `make bench`: the whole pipeline on this machine under load (harness bench).
 # Settings: BENCH_SECS (60), BENCH_RATE (10000 ids/s), BENCH_RATES=a,b,c for a sweep,
-# and the others in `target/release/tester bench --help`.
+# and the others in `target/release/harness bench --help`.
 #
 # At 10,000 ids/s with status calls of 0.3-4.3 s, ~23,000 HTTP/1.1 calls are in flight,
 # each on its own connection and ephemeral port: the default range (32768-60999, and
@@ -16,4 +16,4 @@ if [ "${BENCH_TUNE_PORTS:-1}" = "1" ] && [ "$(id -u)" -eq 0 ]; then
     sysctl -qw net.ipv4.ip_local_port_range="10000 65000"
   fi
 fi
-exec target/release/tester bench "$@"
+exec target/release/harness bench "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make chaos`: the chaos suite (`tester chaos`). The whole pipeline from the release
+# `make chaos`: the chaos suite (`harness chaos`). The whole pipeline from the release
 # binaries, on its own RabbitMQ node (port 5673) and PostgreSQL cluster (port 5499) so the
 # machine's shared ones are never stopped, under callback load while a consumer, the
 # producer and the sweeper are killed with SIGKILL and RabbitMQ and PostgreSQL are each
@@ -7,7 +7,7 @@
 #
 # CHAOS_RUNS=N runs it N times in a row, each a fresh run, stopping at the first failure;
 # each run's report and logs are kept in target/chaos/runs/<n>/. Other settings
-# (CHAOS_RATE, CHAOS_MAX_IDS, ports, ...): `target/release/tester chaos --help`.
+# (CHAOS_RATE, CHAOS_MAX_IDS, ports, ...): `target/release/harness chaos --help`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${CHAOS_RUNS:-1}
@@ -18,7 +18,7 @@ for i in $(seq 1 "$RUNS"); do
   echo "=== chaos run $i of $RUNS ==="
   started=$(date +%s)
   status=0
-  target/release/tester chaos "$@" || status=$?
+  target/release/harness chaos "$@" || status=$?
   mkdir -p "$OUT/runs/$i"
   for f in result.md result.json logs; do
     if [ -e "$OUT/$f" ]; then cp -r "$OUT/$f" "$OUT/runs/$i/"; fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Callback latency of 200-id batches: a release producer on its own queue names, loaded
-# by `tester load` (concurrent clients, 1 s client timeout like the original tester).
+# by `harness load` (concurrent clients, 1 s client timeout like the original tester).
 # Prints the latency percentiles; cleans its queues up afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,8 @@ for _ in $(seq 1 50); do
   curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
   sleep 0.2
 done
+curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null \
+  || { echo "the producer is not ready on port $PORT; see target/latency-producer.log" >&2; tail -n 3 target/latency-producer.log >&2; exit 1; }
 echo "callback latency, $CALLBACKS callbacks of 200 distinct ids, $CONCURRENCY concurrent clients, release build, $(nproc) cores:"
-"$BIN/tester" load --callback-url "http://127.0.0.1:$PORT/callback" \
+"$BIN/harness" load --callback-url "http://127.0.0.1:$PORT/callback" \
   --callbacks "$CALLBACKS" --concurrency "$CONCURRENCY" --ids 200

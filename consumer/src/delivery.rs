@@ -1,6 +1,7 @@
 //! The handling of one delivery: check every id, record the online ones, send the failed
 //! ones to retry, and ack only when all of that is durable.
 
+use lastseen::contract::metric;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -50,7 +51,7 @@ pub async fn handle(delivery: Delivery, ctx: Arc<Context>) {
 async fn settle(delivery: &Delivery, ctx: &Context) {
     let attempt = attempt_of(&delivery.properties);
     metrics::counter!(
-        "lastseen_deliveries_total",
+        metric::DELIVERIES_TOTAL,
         "redelivered" => if delivery.redelivered { "true" } else { "false" }
     )
     .increment(1);
@@ -65,7 +66,7 @@ async fn settle(delivery: &Delivery, ctx: &Context) {
                 .await
             {
                 Ok(()) => {
-                    metrics::counter!("lastseen_dead_letters_total", "reason" => "malformed")
+                    metrics::counter!(metric::DEAD_LETTERS_TOTAL, "reason" => "malformed")
                         .increment(1);
                     ack(delivery).await;
                 }
@@ -132,14 +133,13 @@ async fn check_message(delivery: &Delivery, ctx: &Context, message: CheckMessage
             .await
         {
             Ok(Outcome::Retried { delay }) => {
-                metrics::counter!("lastseen_check_retries_total").increment(1);
-                metrics::counter!("lastseen_retried_ids_total")
+                metrics::counter!(metric::CHECK_RETRIES_TOTAL).increment(1);
+                metrics::counter!(metric::RETRIED_IDS_TOTAL)
                     .increment(retry.object_ids.len() as u64);
                 tracing::info!(ids = retry.object_ids.len(), attempt, ?delay, %reason, "check failed, retrying later");
             }
             Ok(Outcome::DeadLettered) => {
-                metrics::counter!("lastseen_dead_letters_total", "reason" => "attempts")
-                    .increment(1);
+                metrics::counter!(metric::DEAD_LETTERS_TOTAL, "reason" => "attempts").increment(1);
                 tracing::warn!(ids = ?retry.object_ids, attempt, %reason, "check failed for the last time, dead-lettered");
             }
             Err(err) => {
@@ -163,7 +163,7 @@ async fn check_and_record(id: ObjectId, ttl: chrono::Duration, ctx: &Context) ->
     let answer = {
         // Bounds the status calls (and so the HTTP connections) of this process.
         let _permit = ctx.check_slots.acquire().await;
-        let in_flight = metrics::gauge!("lastseen_checks_in_flight");
+        let in_flight = metrics::gauge!(metric::CHECKS_IN_FLIGHT);
         in_flight.increment(1.0);
         let started = std::time::Instant::now();
         let answer = ctx.status.is_online(id).await;
@@ -173,9 +173,9 @@ async fn check_and_record(id: ObjectId, ttl: chrono::Duration, ctx: &Context) ->
             Ok(false) => "offline",
             Err(_) => "failed",
         };
-        metrics::histogram!("lastseen_status_check_seconds", "outcome" => outcome)
+        metrics::histogram!(metric::STATUS_CHECK_SECONDS, "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!("lastseen_status_checks_total", "outcome" => outcome).increment(1);
+        metrics::counter!(metric::STATUS_CHECKS_TOTAL, "outcome" => outcome).increment(1);
         answer
     };
     match answer {

@@ -8,12 +8,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
 use lastseen::CheckMessage;
 use lastseen::amqp::{self, AmqpError};
+use lastseen::contract::header;
 use lastseen::topology::Topology;
-
-/// Header holding the attempt number of a delivery (1 for the first).
-pub const ATTEMPT_HEADER: &str = "x-attempt";
-/// Header holding why a message was retried or dead-lettered.
-pub const REASON_HEADER: &str = "x-reason";
 
 /// Exponential delays between attempts, and when to give up.
 #[derive(Debug, Clone, Copy)]
@@ -26,8 +22,7 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// The delay after failed attempt `attempt` (1-based): base, 2 base, 4 base, ... max.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
-        self.base.saturating_mul(factor).min(self.max)
+        lastseen::backoff::doubling(self.base, attempt, self.max)
     }
 
     /// Every distinct delay the policy uses, so their queues can be declared.
@@ -113,11 +108,11 @@ impl Retrier {
 fn with_headers(attempt: u32, reason: &str) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert(
-        ATTEMPT_HEADER.into(),
+        header::ATTEMPT.into(),
         AMQPValue::LongLongInt(i64::from(attempt)),
     );
     headers.insert(
-        REASON_HEADER.into(),
+        header::REASON.into(),
         AMQPValue::LongString(LongString::from(reason)),
     );
     amqp::persistent_json().with_headers(headers)
@@ -128,7 +123,7 @@ pub fn attempt_of(properties: &BasicProperties) -> u32 {
     let value = properties
         .headers()
         .as_ref()
-        .and_then(|h| h.inner().get(ATTEMPT_HEADER).cloned());
+        .and_then(|h| h.inner().get(header::ATTEMPT).cloned());
     let n: i64 = match value {
         Some(AMQPValue::LongLongInt(n)) => n,
         Some(AMQPValue::LongInt(n)) => i64::from(n),

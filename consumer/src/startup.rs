@@ -6,10 +6,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use backon::BackoffBuilder;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lastseen::amqp::{self, no_args};
+use lastseen::backoff::Retries;
 use lastseen::ops::{self, Dependency, OpsServer, ReadinessProbe};
 use lastseen::topology::Topology;
 use tokio::sync::Semaphore;
@@ -94,7 +94,7 @@ impl Application {
 
         let mut connection = None;
         let mut last_session = None;
-        let mut backoff = amqp::reconnect_backoff().build();
+        let mut retries = Retries::new();
         while !shutdown.is_cancelled() {
             let conn =
                 match amqp::connect_with_retry(&shared.config.amqp.amqp_url, "consumer", &shutdown)
@@ -123,14 +123,10 @@ impl Application {
                 let _ = old.close(200, "session renewed".into()).await;
             }
             if started.elapsed() > HEALTHY_SESSION {
-                backoff = amqp::reconnect_backoff().build();
+                retries.succeeded();
             }
             if !shutdown.is_cancelled() {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => {}
-                }
+                retries.pause(&shutdown).await;
             }
         }
 

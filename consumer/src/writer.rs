@@ -1,9 +1,10 @@
 //! The batch writer: gathers sightings from many messages into one upsert, retries it
 //! until PostgreSQL takes it, and tells each message when its rows are committed.
 
+use lastseen::contract::metric;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use lastseen::domain::OnlineNotification;
 use lastseen::store::notifications;
 use lastseen::store::objects::{self, Sighting};
@@ -93,15 +94,9 @@ async fn run(
         let started = Instant::now();
         let write = || commit(&pool, &sightings);
         let retried = write
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_jitter()
-                    .without_max_times(),
-            )
+            .retry(lastseen::backoff::reconnect())
             .notify(|err, delay| {
-                metrics::counter!("lastseen_upsert_failures_total").increment(1);
+                metrics::counter!(metric::UPSERT_FAILURES_TOTAL).increment(1);
                 tracing::warn!(error = %err, ?delay, rows = sightings.len(), "upsert failed, retrying");
             });
         tokio::select! {
@@ -116,9 +111,9 @@ async fn run(
                 return;
             }
         }
-        metrics::histogram!("lastseen_upsert_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("lastseen_upsert_batch_rows").record(sightings.len() as f64);
-        metrics::counter!("lastseen_ids_stored_total").increment(sightings.len() as u64);
+        metrics::histogram!(metric::UPSERT_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(metric::UPSERT_BATCH_ROWS).record(sightings.len() as f64);
+        metrics::counter!(metric::IDS_STORED_TOTAL).increment(sightings.len() as u64);
         tracing::debug!(
             rows = sightings.len(),
             messages = batch.len(),
@@ -152,6 +147,6 @@ async fn commit(pool: &PgPool, sightings: &[Sighting]) -> sqlx::Result<usize> {
         notifications::record(&mut tx, ONLINE_ROUTING_KEY, &ids, &payloads).await?;
     }
     tx.commit().await?;
-    metrics::counter!("lastseen_objects_online_total").increment(came_online.len() as u64);
+    metrics::counter!(metric::OBJECTS_ONLINE_TOTAL).increment(came_online.len() as u64);
     Ok(came_online.len())
 }

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod cli_checks;
 pub mod fault_proxy;
 pub mod id_oracle;
 pub mod private_postgres;
@@ -397,6 +398,9 @@ impl TestEnv {
     }
 }
 
+/// How long the tests' callbacks may take (far more than the producer ever needs).
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// POSTs `{"object_ids": ids}` as JSON and asserts it was accepted (202).
 pub async fn post_ids(url: &str, ids: &[i64]) -> anyhow::Result<()> {
     let body = serde_json::json!({ "object_ids": ids }).to_string();
@@ -411,14 +415,7 @@ pub async fn post_callback(
     content_type: Option<&str>,
     body: impl Into<reqwest::Body>,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
-    let client = reqwest::Client::new();
-    let mut request = client.post(url).body(body);
-    if let Some(ct) = content_type {
-        request = request.header("content-type", ct);
-    }
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    let text = response.text().await?;
-    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-    Ok((status, json))
+    tester::callback::CallbackClient::new(url, CALLBACK_TIMEOUT)?
+        .post_raw(content_type, body)
+        .await
 }

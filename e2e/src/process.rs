@@ -3,11 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::OnceLock;
 
-use anyhow::Context;
-use tokio::process::{Child, Command};
+use harness::process::{Process, Spec};
 
 /// Builds the producer, consumer and sweeper binaries once per test process (a no-op when
 /// they are up to date) and returns the folder that holds them.
@@ -42,48 +40,18 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// A spawned binary, killed when dropped; its stderr goes to a file for post-mortems.
-pub struct Spawned {
-    pub name: String,
-    /// Where its stderr (its log) goes.
-    pub log: PathBuf,
-    child: Child,
-}
-
-impl Spawned {
-    /// Starts `program` (producer, consumer or sweeper) with `env` (and nothing from `.env`:
-    /// it runs in a temporary folder).
-    pub fn start(program: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
-        let bin = binaries()?.join(program);
-        let log = std::env::temp_dir().join(format!(
-            "lastseen-test-{program}-{}.log",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let child = Command::new(&bin)
-            .current_dir(std::env::temp_dir())
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        Ok(Self {
-            name: program.into(),
-            log,
-            child,
-        })
-    }
-
-    /// Stops the process with SIGTERM and waits for it.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill").arg(pid.to_string()).status().await;
-        }
-        tokio::time::timeout(std::time::Duration::from_secs(20), self.child.wait())
-            .await
-            .with_context(|| format!("{} did not stop within 20 s", self.name))??;
-        Ok(())
-    }
+/// Starts `program` (producer, consumer or sweeper) with `env` and nothing from `.env`
+/// (it runs in a temporary folder); its stderr (its log) goes to a file of its own for
+/// post-mortems. Killed when dropped.
+pub fn start(program: &str, env: &[(&str, String)]) -> anyhow::Result<Process> {
+    let log = std::env::temp_dir().join(format!(
+        "lastseen-test-{program}-{}.log",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let spec = Spec::new(binaries()?.join(program))
+        .env(env)
+        .in_dir(std::env::temp_dir());
+    Process::start(program, spec, log)
 }
 
 /// The samples of a Prometheus text page, keyed by `name{labels}` as printed.

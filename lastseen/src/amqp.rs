@@ -1,9 +1,7 @@
 //! RabbitMQ connections: connect with backoff and jitter, open confirm-mode channels,
 //! and publish persistent messages whose confirm and routing are both checked.
 
-use std::time::Duration;
-
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
@@ -11,6 +9,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Misconfigured;
+use crate::contract::header;
 
 /// AMQP delivery mode that makes a message survive a broker restart.
 pub const PERSISTENT: u8 = 2;
@@ -80,16 +79,6 @@ fn refusal(err: &lapin::Error) -> Option<String> {
     })
 }
 
-/// The backoff used for every reconnection: exponential from 100 ms, capped at 2.5 s,
-/// plus a random jitter of up to the delay itself, so at most 5 s between attempts.
-pub fn reconnect_backoff() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_millis(2500))
-        .with_jitter()
-        .without_max_times()
-}
-
 /// Connects once; the connection is named so admins can tell processes apart in the UI.
 /// A refusal of the settings is [`AmqpError::Refused`]; anything else is
 /// [`AmqpError::Connect`].
@@ -115,7 +104,7 @@ pub async fn connect_with_retry(
 ) -> Result<Connection, AmqpError> {
     let attempt = || connect(url, name);
     let retried = attempt
-        .retry(reconnect_backoff())
+        .retry(crate::backoff::reconnect())
         .when(|err: &AmqpError| !err.is_fatal())
         .notify(
             |err, delay| tracing::warn!(error = %err, ?delay, "RabbitMQ not reachable, retrying"),
@@ -135,9 +124,6 @@ pub async fn confirm_channel(connection: &Connection) -> Result<Channel, AmqpErr
     Ok(channel)
 }
 
-/// Header holding the request id of the callback a message came from.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
 /// Adds the `x-request-id` header (when there is an id) to `properties`, keeping the
 /// headers they already have.
 pub fn with_request_id(properties: BasicProperties, request_id: Option<&str>) -> BasicProperties {
@@ -146,7 +132,7 @@ pub fn with_request_id(properties: BasicProperties, request_id: Option<&str>) ->
     };
     let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(
-        REQUEST_ID_HEADER.into(),
+        header::REQUEST_ID.into(),
         lapin::types::AMQPValue::LongString(id.into()),
     );
     properties.with_headers(headers)

@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
@@ -86,14 +86,6 @@ impl From<sqlx::Error> for DbError {
     }
 }
 
-fn backoff() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-}
-
 /// Connects a pool to a database that exists and is migrated, retrying with backoff
 /// while PostgreSQL is unreachable, until `cancel` fires. A schema history that does not
 /// match this build's migrations ([`DbError::is_fatal`]) is returned at once.
@@ -120,7 +112,7 @@ pub async fn connect_and_migrate(
         Ok(pool)
     };
     let retried = prepare
-        .retry(backoff())
+        .retry(crate::backoff::reconnect())
         .when(|err: &DbError| !err.is_fatal())
         .notify(
             |err, delay| tracing::warn!(error = %err, ?delay, "PostgreSQL not ready, retrying"),

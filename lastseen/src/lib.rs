@@ -2,9 +2,9 @@
 //! database access, domain types and shutdown, used by every binary of the workspace.
 
 pub mod amqp;
-#[doc(hidden)]
-pub mod cli_checks;
+pub mod backoff;
 pub mod config;
+pub mod contract;
 pub mod db;
 pub mod domain;
 pub mod limits;

@@ -8,6 +8,9 @@ use lastseen::{CheckMessage, ObjectId};
 use serde::de::{Error as _, IgnoredAny, Unexpected};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 /// Longest TTL a callback may give its objects: a year, in seconds.
 pub const MAX_TTL_SECS: u32 = 31_536_000;
@@ -18,7 +21,7 @@ pub const MAX_TTL_SECS: u32 = 31_536_000;
 #[schema(example = json!({"object_ids": [1, 2, 3], "ttl_secs": 60}))]
 pub struct CallbackRequest {
     #[serde(deserialize_with = "exact_object_ids")]
-    #[schema(value_type = Vec<crate::openapi::ObjectIdSchema>)]
+    #[schema(value_type = Vec<ObjectIdSchema>)]
     pub object_ids: Vec<ObjectId>,
     /// Seconds after a sighting these objects expire, 1 to 31,536,000 (a year). Absent or
     /// null: the consumers' `OBJECT_TTL_SECS` (30 by default).
@@ -44,6 +47,33 @@ fn ttl_in_range<'de, D: Deserializer<'de>>(ttl: D) -> Result<Option<u32>, D::Err
                 &"ttl_secs: a whole number of seconds from 1 to 31536000",
             )
         })
+}
+
+/// An object id: an integer from 0 to 2^63-1, the range PostgreSQL's BIGINT holds.
+///
+/// `lastseen::ObjectId` is the real type; it lives in the shared library, which does not
+/// depend on utoipa, so its schema is written here, beside the body that holds it.
+pub struct ObjectIdSchema;
+
+impl PartialSchema for ObjectIdSchema {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(0))
+            .maximum(Some(i64::MAX))
+            .description(Some(
+                "An object id: an integer from 0 to 2^63-1 (PostgreSQL BIGINT). A whole number \
+                 written with a fraction or exponent (7.0, 7e0) is taken below 2^53 only.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ObjectIdSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ObjectId".into()
+    }
 }
 
 /// Why a body is not a valid callback.

@@ -4,9 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use lastseen::CheckMessage;
-use lastseen::amqp;
+use lastseen::backoff::Retries;
 use tokio_util::sync::CancellationToken;
 
 use crate::publisher::{CallbackPublisher, PublishError};
@@ -37,7 +36,7 @@ pub async fn drain_spool(
     publisher: Arc<CallbackPublisher>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = amqp::reconnect_backoff().build();
+    let mut retries = Retries::new();
     if spool.pending_callbacks() > 0 {
         tracing::info!(
             callbacks = spool.pending_callbacks(),
@@ -56,7 +55,7 @@ pub async fn drain_spool(
         }
         match drain_round(&spool, &publisher).await {
             Ok(callbacks) => {
-                backoff = amqp::reconnect_backoff().build();
+                retries.succeeded();
                 tracing::info!(
                     callbacks,
                     left = spool.pending_callbacks(),
@@ -64,11 +63,9 @@ pub async fn drain_spool(
                 );
             }
             Err(err) => {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(error = %err, ?delay, "draining the spool failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => break,
+                tracing::warn!(error = %err, "draining the spool failed; retrying");
+                if !retries.pause(&shutdown).await {
+                    break;
                 }
             }
         }

@@ -5,10 +5,8 @@
 mod callback;
 mod config;
 mod drain;
-pub mod openapi;
+mod http;
 mod publisher;
-mod routes;
-mod server;
 mod spool;
 mod startup;
 

@@ -3,15 +3,16 @@
 //! each callback borrows a channel for itself, so a message RabbitMQ returns as
 //! unroutable can only fail the callback that published it.
 
+use lastseen::contract::metric;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use futures::future::try_join_all;
 use lapin::{Channel, Connection};
 use lastseen::CheckMessage;
 use lastseen::amqp::{self, AmqpError};
+use lastseen::backoff::Retries;
 use lastseen::topology::{CHECK_ROUTING_KEY, Topology};
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -73,7 +74,7 @@ impl CallbackPublisher {
         self: Arc<Self>,
         shutdown: CancellationToken,
     ) -> Result<(), AmqpError> {
-        let mut backoff = amqp::reconnect_backoff().build();
+        let mut retries = Retries::new();
         while !shutdown.is_cancelled() {
             if self.current().is_some() {
                 tokio::select! {
@@ -87,15 +88,13 @@ impl CallbackPublisher {
                 Ok(session) => {
                     tracing::info!(channels = session.channels.len(), "connected to RabbitMQ");
                     self.session_tx.send_replace(Some(session));
-                    backoff = amqp::reconnect_backoff().build();
+                    retries.succeeded();
                 }
                 Err(err) if err.is_fatal() => return Err(err),
                 Err(err) => {
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(error = %err, ?delay, "RabbitMQ not reachable, retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shutdown.cancelled() => break,
+                    tracing::warn!(error = %err, "RabbitMQ not reachable, retrying");
+                    if !retries.pause(&shutdown).await {
+                        break;
                     }
                 }
             }
@@ -187,11 +186,11 @@ impl CallbackPublisher {
         } else {
             "failed"
         };
-        metrics::histogram!("lastseen_publish_confirm_seconds", "outcome" => outcome)
+        metrics::histogram!(metric::PUBLISH_CONFIRM_SECONDS, "outcome" => outcome)
             .record(publishing.elapsed().as_secs_f64());
         if result.is_ok() {
             let ids: usize = messages.iter().map(|m| m.object_ids.len()).sum();
-            metrics::counter!("lastseen_ids_published_total").increment(ids as u64);
+            metrics::counter!(metric::IDS_PUBLISHED_TOTAL).increment(ids as u64);
         }
         if let Err(err) = &result {
             // A broken channel or connection is renewed; a slow or refused confirm on a

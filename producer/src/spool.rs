@@ -2,6 +2,7 @@
 //! (fsync'd) to an embedded redb file before it is answered, and stays there until the
 //! drain task has published it with confirms. The file survives crashes and restarts.
 
+use lastseen::contract::metric;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -238,8 +239,8 @@ impl Spool {
     }
 
     fn report_depth(&self) {
-        metrics::gauge!("lastseen_spool_pending_ids").set(self.pending_ids() as f64);
-        metrics::gauge!("lastseen_spool_pending_callbacks").set(self.pending_callbacks() as f64);
+        metrics::gauge!(metric::SPOOL_PENDING_IDS).set(self.pending_ids() as f64);
+        metrics::gauge!(metric::SPOOL_PENDING_CALLBACKS).set(self.pending_callbacks() as f64);
     }
 
     /// Callbacks waiting in the spool.

@@ -5,23 +5,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use lastseen::topology::Topology;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::RequestBodyDeadlineLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::drain::drain_spool;
+use crate::http::{self, AppState};
 use crate::publisher::CallbackPublisher;
-use crate::routes::{self, AppState};
 use crate::spool::Spool;
-
-/// Bound on a whole request, so no client holds a connection's resources forever.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for in-flight callbacks to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -69,36 +61,17 @@ impl Application {
             publisher.clone(),
             keeper_stop.clone(),
         ));
-        let state = Arc::new(AppState {
-            publisher: publisher.clone(),
-            spool: spool.clone(),
-            ids_per_message: config.ids_per_message as usize,
-            publish_timeout: config.publish_timeout_ms,
-            max_body_bytes: config.max_body_bytes,
-            body_timeout: config.request_body_timeout_ms,
-        });
-        let body_limit = usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX);
-        let router = Router::new()
-            .route("/callback", post(routes::callback))
-            .route("/healthz", get(routes::healthz))
-            .route("/readyz", get(routes::readyz))
-            .route("/metrics", get(lastseen::ops::metrics))
-            .route("/openapi.json", get(crate::openapi::document))
-            .layer(DefaultBodyLimit::max(body_limit))
-            // A deadline on the whole body, not on the gap between bytes: a body trickled
-            // at a byte a second must not hold the request open either.
-            .layer(RequestBodyDeadlineLayer::new(
-                config.request_body_timeout_ms,
-            ))
-            .layer(axum::middleware::from_fn(|request, next| {
-                routes::answer_within(REQUEST_TIMEOUT, request, next)
-            }))
-            // Every request gets an id (the client's `x-request-id`, or a new UUID): it is in
-            // the request's log span, in the answer, and in the check messages.
-            .layer(TraceLayer::new_for_http().make_span_with(request_span))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .with_state(state);
+        let router = http::router(
+            AppState {
+                publisher: publisher.clone(),
+                spool: spool.clone(),
+                ids_per_message: config.ids_per_message as usize,
+                publish_timeout: config.publish_timeout_ms,
+                max_body_bytes: config.max_body_bytes,
+                body_timeout: config.request_body_timeout_ms,
+            },
+            config.request_body_timeout_ms,
+        );
         let listener = TcpListener::bind(config.callback_addr)
             .await
             .with_context(|| format!("cannot listen on CALLBACK_ADDR {}", config.callback_addr))?;
@@ -128,7 +101,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "producer listening");
         let stopping = shutdown.child_token();
-        let server = crate::server::serve(
+        let server = http::serve(
             self.listener,
             self.router,
             self.header_read_timeout,
@@ -171,19 +144,4 @@ impl Application {
             _ => Ok(()),
         }
     }
-}
-
-/// The log span of one request, with its request id.
-fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
-    let request_id = request
-        .headers()
-        .get(routes::REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    tracing::info_span!(
-        "request",
-        method = %request.method(),
-        uri = %request.uri(),
-        request_id,
-    )
 }

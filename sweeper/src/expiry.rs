@@ -2,6 +2,7 @@
 //! the history, and record their `object.expired` notifications and one `digest`, all in
 //! the same transaction.
 
+use lastseen::contract::metric;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -64,16 +65,16 @@ pub async fn sweep(pool: &PgPool, batch: u32) -> sqlx::Result<u64> {
 
 /// Objects expired and, for each, how late after its deadline the expiry committed.
 fn record_expiry_metrics(expired: &[objects::Expired], committed: DateTime<Utc>) {
-    let lag = metrics::histogram!("lastseen_expiry_lag_seconds");
+    let lag = metrics::histogram!(metric::EXPIRY_LAG_SECONDS);
     for object in expired {
         let late = committed - object.expires_at;
         lag.record(late.to_std().unwrap_or(Duration::ZERO).as_secs_f64());
     }
     let count = expired.len() as u64;
-    metrics::counter!("lastseen_objects_expired_total").increment(count);
-    metrics::counter!("lastseen_notifications_recorded_total", "routing_key" => EXPIRED_ROUTING_KEY)
+    metrics::counter!(metric::OBJECTS_EXPIRED_TOTAL).increment(count);
+    metrics::counter!(metric::NOTIFICATIONS_RECORDED_TOTAL, "routing_key" => EXPIRED_ROUTING_KEY)
         .increment(count);
-    metrics::counter!("lastseen_notifications_recorded_total", "routing_key" => DIGEST_ROUTING_KEY)
+    metrics::counter!(metric::NOTIFICATIONS_RECORDED_TOTAL, "routing_key" => DIGEST_ROUTING_KEY)
         .increment(1);
 }
 

@@ -1,6 +1,7 @@
 //! The outbox relay: publish pending notifications with confirms, `message_id` set to
 //! the row id, and mark them published only after the broker confirmed them.
 
+use lastseen::contract::metric;
 use std::time::Duration;
 
 use futures::future::try_join_all;
@@ -124,7 +125,7 @@ impl Relay {
         let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
         notifications::mark_published(&mut tx, &ids, self.webhook).await?;
         tx.commit().await?;
-        metrics::counter!("lastseen_notifications_published_total").increment(ids.len() as u64);
+        metrics::counter!(metric::NOTIFICATIONS_PUBLISHED_TOTAL).increment(ids.len() as u64);
         Ok(ids.len() as u64)
     }
 

@@ -1,6 +1,7 @@
 //! Outbox retention: deletes notifications that are done once they are older than
 //! `NOTIFICATION_RETENTION_SECS`, so the outbox stays the size of its recent past.
 
+use lastseen::contract::metric;
 use std::time::Duration;
 
 use lastseen::store::notifications;
@@ -46,7 +47,7 @@ async fn prune(
     let mut after = 0;
     while !shutdown.is_cancelled() {
         let step = notifications::prune_step(pool, cutoff, after, PRUNE_BATCH).await?;
-        metrics::counter!("lastseen_notifications_pruned_total").increment(step.deleted);
+        metrics::counter!(metric::NOTIFICATIONS_PRUNED_TOTAL).increment(step.deleted);
         total += step.deleted;
         match step.next {
             Some(next) => after = next,

@@ -1,6 +1,7 @@
 //! Running the sweeper: sweep when the next deadline is due, relay the outbox, and on
 //! shutdown finish the current batch.
 
+use lastseen::contract::metric;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -180,7 +181,7 @@ async fn relay_outbox(
         if last_count.elapsed() >= PENDING_GAUGE_EVERY {
             last_count = tokio::time::Instant::now();
             if let Ok(pending) = notifications::count_pending(&pool).await {
-                metrics::gauge!("lastseen_notifications_pending").set(pending as f64);
+                metrics::gauge!(metric::NOTIFICATIONS_PENDING).set(pending as f64);
             }
         }
         let pause = if failed { ERROR_PAUSE } else { RELAY_POLL };

@@ -3,20 +3,15 @@
 //! delivered or, after `NOTIFY_WEBHOOK_MAX_ATTEMPTS`, failed. It runs beside expiry and the
 //! RabbitMQ relay, so a slow or dead webhook holds neither.
 
+use lastseen::contract::{header, metric};
 use std::time::Duration;
 
 use futures::StreamExt;
 use hmac::{Hmac, KeyInit, Mac};
+use lastseen::store::notifications::{self, WebhookAttempt, WebhookDue};
 use sha2::Sha256;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-
-/// `sha256=<hex HMAC-SHA256 of the body with NOTIFY_WEBHOOK_SECRET>`.
-pub const SIGNATURE_HEADER: &str = "x-lastseen-signature";
-/// The notification's routing key (`object.online`, `object.expired`, `digest`).
-pub const EVENT_HEADER: &str = "x-lastseen-event";
-/// The notification's id, the same as the AMQP `message_id`: receivers de-duplicate on it.
-pub const DELIVERY_HEADER: &str = "x-lastseen-delivery";
 
 /// Notifications taken per round.
 const ROUND_ROWS: i64 = 100;
@@ -43,14 +38,6 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any size");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-#[derive(sqlx::FromRow)]
-struct Due {
-    id: i64,
-    routing_key: String,
-    payload: serde_json::Value,
-    webhook_attempts: i32,
 }
 
 /// How one attempt ended.
@@ -97,21 +84,7 @@ async fn round(
     // in one short statement: no row lock is held while the webhook answers, so the
     // RabbitMQ relay never waits for it. A crash leaves the lease to expire: retried.
     let lease = (settings.timeout * 2).as_secs_f64() + 1.0;
-    let due: Vec<Due> = sqlx::query_as(
-        "UPDATE notifications n
-         SET webhook_next_at = clock_timestamp() + make_interval(secs => $2)
-         FROM (SELECT id FROM notifications
-               WHERE webhook_outcome IS NULL AND webhook_next_at <= clock_timestamp()
-               ORDER BY webhook_next_at
-               LIMIT $1
-               FOR UPDATE SKIP LOCKED) due
-         WHERE n.id = due.id
-         RETURNING n.id, n.routing_key, n.payload, n.webhook_attempts",
-    )
-    .bind(ROUND_ROWS)
-    .bind(lease)
-    .fetch_all(pool)
-    .await?;
+    let due = notifications::claim_webhook_due(pool, ROUND_ROWS, lease).await?;
     if due.is_empty() {
         return Ok(0);
     }
@@ -121,11 +94,7 @@ async fn round(
         .collect()
         .await;
 
-    let mut ids = Vec::with_capacity(attempts.len());
-    let mut counts = Vec::with_capacity(attempts.len());
-    let mut outcomes: Vec<Option<&str>> = Vec::with_capacity(attempts.len());
-    let mut errors = Vec::with_capacity(attempts.len());
-    let mut delays = Vec::with_capacity(attempts.len());
+    let mut ended = Vec::with_capacity(attempts.len());
     for attempt in &attempts {
         let outcome = match &attempt.error {
             None => Some("delivered"),
@@ -133,7 +102,7 @@ async fn round(
             Some(_) => None,
         };
         let label = outcome.unwrap_or("retry");
-        metrics::counter!("lastseen_webhook_deliveries_total", "outcome" => label).increment(1);
+        metrics::counter!(metric::WEBHOOK_DELIVERIES_TOTAL, "outcome" => label).increment(1);
         if outcome == Some("failed") {
             tracing::warn!(
                 id = attempt.id,
@@ -142,56 +111,40 @@ async fn round(
                 "webhook delivery failed for the last time"
             );
         }
-        ids.push(attempt.id);
-        counts.push(attempt.attempts);
-        outcomes.push(outcome);
-        errors.push(attempt.error.clone());
-        delays.push(retry_delay(settings.retry_base, attempt.attempts).as_secs_f64());
+        ended.push(WebhookAttempt {
+            id: attempt.id,
+            attempts: attempt.attempts,
+            outcome,
+            error: attempt.error.clone(),
+            next_in: retry_delay(settings.retry_base, attempt.attempts),
+        });
     }
-    sqlx::query(
-        "UPDATE notifications n
-         SET webhook_attempts = u.attempts,
-             webhook_outcome = u.outcome,
-             webhook_error = u.error,
-             webhook_next_at = clock_timestamp() + make_interval(secs => u.delay)
-         FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::text[], $5::float8[])
-              AS u(id, attempts, outcome, error, delay)
-         WHERE n.id = u.id",
-    )
-    .bind(&ids)
-    .bind(&counts)
-    .bind(&outcomes)
-    .bind(&errors)
-    .bind(&delays)
-    .execute(pool)
-    .await?;
+    notifications::record_webhook_attempts(pool, &ended).await?;
     Ok(attempts.len())
 }
 
 /// The delay after failed attempt `attempts` (1-based): base, 2 base, 4 base, ... capped.
 fn retry_delay(base: Duration, attempts: i32) -> Duration {
-    let doublings = u32::try_from(attempts.saturating_sub(1))
-        .unwrap_or(0)
-        .min(20);
-    base.saturating_mul(1 << doublings).min(MAX_RETRY_DELAY)
+    let attempts = u32::try_from(attempts).unwrap_or(0);
+    lastseen::backoff::doubling(base, attempts, MAX_RETRY_DELAY)
 }
 
-async fn deliver(settings: &WebhookSettings, client: &reqwest::Client, row: Due) -> Attempt {
+async fn deliver(settings: &WebhookSettings, client: &reqwest::Client, row: WebhookDue) -> Attempt {
     let body = serde_json::to_vec(&row.payload).expect("a JSON value always serializes");
     let started = std::time::Instant::now();
     let sent = client
         .post(&settings.url)
         .header("content-type", "application/json")
-        .header(EVENT_HEADER, &row.routing_key)
-        .header(DELIVERY_HEADER, row.id.to_string())
+        .header(header::WEBHOOK_EVENT, &row.routing_key)
+        .header(header::WEBHOOK_DELIVERY, row.id.to_string())
         .header(
-            SIGNATURE_HEADER,
+            header::WEBHOOK_SIGNATURE,
             signature(settings.secret.as_bytes(), &body),
         )
         .body(body)
         .send()
         .await;
-    metrics::histogram!("lastseen_webhook_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(metric::WEBHOOK_SECONDS).record(started.elapsed().as_secs_f64());
     let error = match sent {
         Ok(response) if response.status().is_success() => None,
         Ok(response) => Some(format!("the webhook answered {}", response.status())),

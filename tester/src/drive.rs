@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use rand::Rng;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
+
+use crate::callback::{Answer, CallbackClient};
 
 /// Settings of `tester drive`.
 #[derive(Debug, Clone, Args)]
@@ -48,10 +48,7 @@ pub struct DriveReport {
 
 /// Runs `tester drive` until `count` callbacks were sent or `shutdown`.
 pub async fn run(args: DriveArgs, shutdown: CancellationToken) -> anyhow::Result<DriveReport> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(args.timeout_ms))
-        .build()
-        .context("cannot build the HTTP client")?;
+    let client = CallbackClient::new(&args.callback_url, Duration::from_millis(args.timeout_ms))?;
     let mut report = DriveReport::default();
     let mut ticker = tokio::time::interval(Duration::from_millis(args.interval_ms.max(1)));
     loop {
@@ -65,26 +62,19 @@ pub async fn run(args: DriveArgs, shutdown: CancellationToken) -> anyhow::Result
             (0..n).map(|_| rng.random_range(0..args.id_space)).collect()
         };
         report.sent += 1;
-        let sent = client
-            .post(&args.callback_url)
-            .json(&json!({ "object_ids": ids }))
-            .send()
-            .await;
-        match sent {
-            Ok(response) if response.status().is_success() => {
+        match client.post(&ids).await {
+            Answer::Accepted { spooled, .. } => {
                 report.accepted += 1;
-                tracing::info!(ids = ids.len(), status = %response.status(), "callback accepted");
+                tracing::info!(ids = ids.len(), spooled, "callback accepted");
                 report.accepted_ids.extend(ids);
             }
-            Ok(response) => {
+            Answer::Refused { status, body } => {
                 report.failed += 1;
-                let status = response.status();
-                let body = response.text().await.unwrap_or_default();
                 tracing::warn!(%status, %body, "callback refused");
             }
-            Err(err) => {
+            Answer::Unanswered { error } => {
                 report.failed += 1;
-                tracing::warn!(error = %err, "callback failed");
+                tracing::warn!(%error, "callback failed");
             }
         }
         if args.count > 0 && report.sent >= args.count {

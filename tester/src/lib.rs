@@ -1,10 +1,7 @@
-//! The tester: a status service simulator and a callback driver, our stand-ins for the
-//! outside world in tests, `make run` and load generation.
+//! The tester: our stand-in for the outside world, in tests, `make run` and the
+//! harnesses. A status service simulator (`serve`) and a callback driver (`drive`), both
+//! compatible with the original challenge tester.
 
-pub mod bench;
-pub mod chaos;
+pub mod callback;
 pub mod drive;
-pub mod expiry_bench;
-pub mod load;
-pub mod replay;
 pub mod serve;

@@ -1,5 +1,5 @@
-//! The tester binary: `tester serve` (status service), `drive` (callback client), `load`,
-//! `bench` and `chaos` (see `make bench`, `make chaos`), and `replay-dead-letters`.
+//! The tester binary: `tester serve` (the status service) and `tester drive` (the
+//! callback client), the outside world of the pipeline.
 
 use std::process::ExitCode;
 
@@ -22,18 +22,6 @@ enum Command {
     Serve(tester::serve::ServeArgs),
     /// POST callbacks of random ids to the producer.
     Drive(tester::drive::DriveArgs),
-    /// Run the whole pipeline under load and report its figures (see `make bench`).
-    Bench(tester::bench::BenchArgs),
-    /// Load the producer with concurrent callbacks and report their latency.
-    Load(tester::load::LoadArgs),
-    /// Move dead letters back to the work queue (after their cause is fixed).
-    ReplayDeadLetters(tester::replay::ReplayArgs),
-    /// Mass expiry with two sweepers (one killed) and a steady 10,000 expiries/s: lag,
-    /// duplicates, nothing missing (see `make expiry-bench`).
-    ExpiryBench(tester::expiry_bench::ExpiryBenchArgs),
-    /// Run the whole pipeline under load and faults, verify nothing accepted was lost
-    /// (see `make chaos`).
-    Chaos(tester::chaos::ChaosArgs),
 }
 
 #[tokio::main]
@@ -44,15 +32,6 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => tester::serve::run(args, shutdown).await,
         Command::Drive(args) => tester::drive::run(args, shutdown).await.map(|_| ()),
-        Command::Bench(args) => tester::bench::run(args, shutdown).await,
-        Command::Chaos(args) => tester::chaos::run(args, shutdown).await,
-        Command::ExpiryBench(args) => tester::expiry_bench::run(args).await,
-        Command::ReplayDeadLetters(args) => tester::replay::run(args).await.map(|replayed| {
-            println!("{replayed}");
-        }),
-        Command::Load(args) => tester::load::run(args, shutdown).await.map(|report| {
-            println!("{report}");
-        }),
     };
     lastseen::config::exit_code(result)
 }

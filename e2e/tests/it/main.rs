@@ -1,0 +1,22 @@
+//! The integration tests: one test binary (one link), a module per area. Each test runs
+//! the real producer, consumers and sweeper against the machine's PostgreSQL and
+//! RabbitMQ on its own database and queue names (`e2e::TestEnv`).
+
+mod analyst;
+mod api_document;
+mod callback_input;
+mod config;
+mod failures;
+mod hostile_input;
+mod lifecycle;
+mod logs;
+mod operations;
+mod outages;
+mod pipeline;
+mod refused_settings;
+mod replay;
+mod retention;
+mod schema;
+mod slow_clients;
+mod spool;
+mod webhook;

@@ -1,0 +1,349 @@
+//! `harness bench`: runs the whole pipeline on this machine as `make run` does, loads it
+//! at a target rate, and reports throughput, latency, lag, backlog and resource use
+//! next to the raw capacity of each part. With several rates it finds the highest rate
+//! the pipeline sustains.
+
+mod load;
+mod observe;
+mod raw;
+mod report;
+mod usage;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::process::Supervisor;
+
+pub use report::RunResult;
+
+/// Settings of `harness bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Seconds of load per run.
+    #[arg(long, env = "BENCH_SECS", default_value_t = 60)]
+    pub secs: u64,
+    /// Target rate, ids per second, of a single run.
+    #[arg(long, env = "BENCH_RATE", default_value_t = 10_000)]
+    pub rate: u64,
+    /// Sweep mode: comma-separated rates (ids/s), one run each; finds the highest
+    /// sustained without a growing backlog.
+    #[arg(long, env = "BENCH_RATES", value_delimiter = ',')]
+    pub rates: Vec<u64>,
+    /// Distinct ids in one callback.
+    #[arg(long, env = "BENCH_IDS_PER_CALLBACK", default_value_t = 200)]
+    pub ids_per_callback: usize,
+    /// Ids are drawn from 0 to this value (exclusive).
+    #[arg(long, env = "BENCH_ID_SPACE", default_value_t = 1_000_000)]
+    pub id_space: u64,
+    /// Most callbacks in flight at once (concurrent clients).
+    #[arg(long, env = "BENCH_CLIENTS", default_value_t = 64)]
+    pub clients: usize,
+    /// Consumer processes.
+    #[arg(long, env = "BENCH_CONSUMERS", default_value_t = 2)]
+    pub consumers: usize,
+    /// Status simulator processes (consumer i talks to simulator i mod n). One process
+    /// holds at most its open-file limit of connections, one per call in flight.
+    #[arg(long, env = "BENCH_STATUS_PROCS", default_value_t = 2)]
+    pub status_procs: usize,
+    /// Ids per check message, passed to the producer as IDS_PER_MESSAGE.
+    #[arg(long, env = "BENCH_IDS_PER_MESSAGE", default_value_t = 50)]
+    pub ids_per_message: u32,
+    /// Prefetch per consumer, passed as PREFETCH.
+    #[arg(long, env = "BENCH_PREFETCH", default_value_t = 500)]
+    pub prefetch: u16,
+    /// Status delay range (ms), as the status service's.
+    #[arg(long, env = "BENCH_DELAY_MIN_MS", default_value_t = 300)]
+    pub delay_min_ms: u64,
+    #[arg(long, env = "BENCH_DELAY_MAX_MS", default_value_t = 4300)]
+    pub delay_max_ms: u64,
+    /// Skip measuring the raw capacity of each part.
+    #[arg(long, env = "BENCH_SKIP_RAW", default_value_t = false)]
+    pub skip_raw: bool,
+    /// Where the release binaries are.
+    #[arg(long, env = "BENCH_BIN", default_value = "target/release")]
+    pub bin: PathBuf,
+    /// Where the report goes.
+    #[arg(long, env = "BENCH_OUT", default_value = "target/bench")]
+    pub out: PathBuf,
+    /// The benchmark's own database (dropped and re-created).
+    #[arg(
+        long,
+        env = "BENCH_DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/lastseen_bench"
+    )]
+    pub database_url: String,
+    /// RabbitMQ.
+    #[arg(
+        long,
+        env = "BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// RabbitMQ's management API, for the unacked count (optional).
+    #[arg(
+        long,
+        env = "BENCH_MANAGEMENT_URL",
+        default_value = "http://127.0.0.1:15672"
+    )]
+    pub management_url: String,
+}
+
+/// Ports the benchmark's processes use, away from `make run`'s.
+const CALLBACK_PORT: u16 = 19190;
+const STATUS_PORT: u16 = 19110;
+const RAW_STATUS_PORT: u16 = 19100;
+const PREFIX: &str = "bench";
+
+/// Runs the benchmark (one rate, or a sweep) and writes the report.
+pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(args.out.join("logs")).context("cannot create the report folder")?;
+    lastseen::limits::raise_open_files();
+    let raw = if args.skip_raw {
+        None
+    } else {
+        eprintln!("measuring the raw capacity of each part...");
+        Some(measure_raw(&args).await?)
+    };
+    if args.rates.is_empty() {
+        let result = run_once(&args, args.rate, raw.clone(), &shutdown).await?;
+        report::write_run(&args.out, &result)?;
+        println!("{}", report::markdown(&result));
+        println!(
+            "report: {}/result.json, result.md, chart.svg",
+            args.out.display()
+        );
+    } else {
+        let mut results = Vec::new();
+        for &rate in &args.rates {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let result = run_once(&args, rate, raw.clone(), &shutdown).await?;
+            report::write_run(&args.out.join(format!("rate-{rate}")), &result)?;
+            eprintln!("{}", report::sweep_row(&result));
+            results.push(result);
+        }
+        let table = report::write_sweep(&args.out, &results)?;
+        println!("{table}");
+    }
+    Ok(())
+}
+
+async fn measure_raw(args: &BenchArgs) -> anyhow::Result<raw::RawRates> {
+    let pool = prepare_database(&args.database_url).await?;
+    let (publish, consume, message_bytes) = raw::rabbitmq(
+        &args.amqp_url,
+        &format!("{PREFIX}.raw"),
+        args.ids_per_message as usize,
+        20_000,
+    )
+    .await
+    .context("raw RabbitMQ rate")?;
+    let upsert = raw::postgresql(&pool, 5000, args.id_space, Duration::from_secs(3))
+        .await
+        .context("raw PostgreSQL rate")?;
+    pool.close().await;
+
+    let mut sim = Supervisor::new(&args.bin, &args.out.join("logs"));
+    sim.start(
+        "raw-status",
+        "tester",
+        &["serve"],
+        &[
+            ("STATUS_ADDR", format!("127.0.0.1:{RAW_STATUS_PORT}")),
+            ("STATUS_DELAY_MIN_MS", "0".into()),
+            ("STATUS_DELAY_MAX_MS", "0".into()),
+            ("RUST_LOG", "warn".into()),
+        ],
+    )?;
+    let url = format!("http://127.0.0.1:{RAW_STATUS_PORT}");
+    observe::wait_http(&format!("{url}/stats")).await?;
+    let status = raw::status_simulator(&url, 128, Duration::from_secs(3)).await?;
+    sim.stop_all(Duration::from_secs(5)).await;
+    Ok(raw::RawRates {
+        rabbitmq_publish_confirm_msgs_per_sec: publish,
+        rabbitmq_consume_ack_msgs_per_sec: consume,
+        postgresql_upsert_rows_per_sec: upsert,
+        status_simulator_requests_per_sec: status,
+        message_bytes,
+    })
+}
+
+/// Drops and re-creates the benchmark database, migrated.
+async fn prepare_database(url: &str) -> anyhow::Result<sqlx::PgPool> {
+    let (server, name) = url
+        .rsplit_once('/')
+        .context("BENCH_DATABASE_URL has no database name")?;
+    let admin = sqlx::PgPool::connect(&format!("{server}/postgres")).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await?;
+    admin.close().await;
+    let args = lastseen::config::DatabaseArgs {
+        database_url: url.to_owned(),
+        database_max_connections: 4,
+    };
+    Ok(lastseen::db::connect_and_migrate(&args, &CancellationToken::new()).await?)
+}
+
+async fn delete_queues(amqp_url: &str) {
+    let Ok(conn) = lastseen::amqp::connect(amqp_url, "bench-cleanup").await else {
+        return;
+    };
+    if let Ok(channel) = conn.create_channel().await {
+        let output = tokio::process::Command::new("rabbitmqctl")
+            .args(["list_queues", "name", "--quiet", "--no-table-headers"])
+            .output()
+            .await;
+        if let Ok(output) = output {
+            for q in String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(str::trim)
+            {
+                if q.starts_with(&format!("{PREFIX}.")) {
+                    let _ = channel.queue_delete(q.into(), Default::default()).await;
+                }
+            }
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// One run at `rate` ids/s: fresh database and queues, the pipeline's processes, the
+/// load, the observation until the backlog drained, and the figures.
+async fn run_once(
+    args: &BenchArgs,
+    rate: u64,
+    raw: Option<raw::RawRates>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<RunResult> {
+    delete_queues(&args.amqp_url).await;
+    let pool = prepare_database(&args.database_url).await?;
+    let logs = args.out.join("logs");
+    // Each run starts with an empty spool: leftovers of an aborted run would skew it.
+    let spool = args.out.join("spool").join("producer.redb");
+    let _ = std::fs::remove_file(&spool);
+    let common: Vec<(String, String)> = vec![
+        ("DATABASE_URL".into(), args.database_url.clone()),
+        ("AMQP_URL".into(), args.amqp_url.clone()),
+        ("TOPOLOGY_PREFIX".into(), PREFIX.into()),
+        (
+            "NOTIFICATIONS_EXCHANGE".into(),
+            format!("{PREFIX}.notifications"),
+        ),
+        ("RUST_LOG".into(), "warn".into()),
+        ("LOG_FORMAT".into(), "text".into()),
+        // Several consumers on one host: each takes a free port for its metrics.
+        ("METRICS_ADDR".into(), "127.0.0.1:0".into()),
+    ];
+    let with = |extra: &[(&str, String)]| {
+        let mut env = common.clone();
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        env
+    };
+    let mut pipeline = Supervisor::new(&args.bin, &logs);
+    let status_procs = args.status_procs.max(1);
+    for i in 0..status_procs {
+        pipeline.start(
+            &format!("status-{}", i + 1),
+            "tester",
+            &["serve"],
+            &with(&[
+                (
+                    "STATUS_ADDR",
+                    format!("127.0.0.1:{}", STATUS_PORT + i as u16),
+                ),
+                ("STATUS_DELAY_MIN_MS", args.delay_min_ms.to_string()),
+                ("STATUS_DELAY_MAX_MS", args.delay_max_ms.to_string()),
+                ("STATUS_ONLINE", "all".into()),
+                ("STATUS_DELAY_BY_ID", "true".into()),
+            ]),
+        )?;
+    }
+    pipeline.start(
+        "producer",
+        "producer",
+        &[],
+        &with(&[
+            ("CALLBACK_ADDR", format!("127.0.0.1:{CALLBACK_PORT}")),
+            ("IDS_PER_MESSAGE", args.ids_per_message.to_string()),
+            ("SPOOL_PATH", spool.display().to_string()),
+        ]),
+    )?;
+    for i in 1..=args.consumers {
+        pipeline.start(
+            &format!("consumer-{i}"),
+            "consumer",
+            &[],
+            &with(&[
+                (
+                    "STATUS_URL",
+                    format!(
+                        "http://127.0.0.1:{}",
+                        STATUS_PORT + ((i - 1) % status_procs) as u16
+                    ),
+                ),
+                ("PREFETCH", args.prefetch.to_string()),
+            ]),
+        )?;
+    }
+    pipeline.start("sweeper", "sweeper", &[], &with(&[]))?;
+
+    let status_stats: Vec<String> = (0..status_procs)
+        .map(|i| format!("http://127.0.0.1:{}/stats", STATUS_PORT + i as u16))
+        .collect();
+    for url in &status_stats {
+        observe::wait_http(url).await?;
+    }
+    observe::wait_http(&format!("http://127.0.0.1:{CALLBACK_PORT}/readyz")).await?;
+    // Give the consumers a moment to subscribe.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let counters = Arc::new(load::LoadCounters::default());
+    let (tracked_tx, tracked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let stop = shutdown.child_token();
+    let observer = observe::Observer {
+        pool: pool.clone(),
+        amqp_url: args.amqp_url.clone(),
+        checks_queue: format!("{PREFIX}.checks"),
+        management_url: args.management_url.clone(),
+        status_stats,
+        delay_min_ms: args.delay_min_ms,
+        delay_max_ms: args.delay_max_ms,
+    };
+    let load_secs = Duration::from_secs(args.secs);
+    let observing = tokio::spawn(observer.run(
+        counters.clone(),
+        tracked_rx,
+        pipeline.pids(),
+        load_secs,
+        rate,
+        stop.clone(),
+    ));
+    let outcome = load::run(
+        format!("http://127.0.0.1:{CALLBACK_PORT}/callback"),
+        rate,
+        args.ids_per_callback,
+        args.id_space,
+        args.clients,
+        load_secs,
+        counters.clone(),
+        tracked_tx,
+        stop.clone(),
+    )
+    .await?;
+    let observed = observing.await.context("the observer panicked")??;
+    pipeline.stop_all(Duration::from_secs(15)).await;
+    pool.close().await;
+    delete_queues(&args.amqp_url).await;
+    Ok(report::summarize(
+        args, rate, &counters, outcome, observed, raw,
+    ))
+}

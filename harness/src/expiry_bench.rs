@@ -1,0 +1,344 @@
+//! `harness expiry-bench` (`make expiry-bench`): the sweepers under a mass expiry.
+//!
+//! Scenario "together": N objects (100,000) share one deadline 2 s ahead; two release
+//! sweepers run, and one is killed with SIGKILL while the sweep is under way. It checks
+//! that every object expired within 5 s of its deadline and that the notifications queue
+//! holds exactly one `object.expired` per object after de-duplication by `message_id`,
+//! and reports the duplicates before it.
+//! Scenario "steady": N deadlines spread at 10,000 per second; it reports the lag from
+//! deadline to expiry and from deadline to notification published (p50, p99, max).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use clap::Args;
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
+use lastseen::amqp::no_args;
+use lastseen::topology::{Topology, TopologyArgs};
+use sqlx::PgPool;
+
+use crate::process::Supervisor;
+
+const PREFIX: &str = "expirybench";
+/// The two sweepers that race for the same deadlines; the first is killed mid-sweep.
+const SWEEPERS: [&str; 2] = ["sweeper-1", "sweeper-2"];
+
+/// Settings of `harness expiry-bench`.
+#[derive(Debug, Clone, Args)]
+pub struct ExpiryBenchArgs {
+    /// Objects per scenario.
+    #[arg(long, env = "EXPIRY_BENCH_OBJECTS", default_value_t = 100_000)]
+    pub objects: u32,
+    /// Deadlines per second in the steady scenario.
+    #[arg(long, env = "EXPIRY_BENCH_RATE", default_value_t = 10_000)]
+    pub rate: u32,
+    /// The PostgreSQL server; the bench uses its own database on it.
+    #[arg(long, default_value = "postgres://postgres:postgres@127.0.0.1:5432")]
+    pub postgres: String,
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Folder of the release binaries.
+    #[arg(long, default_value = "target/release")]
+    pub bin: PathBuf,
+    /// Where the report goes.
+    #[arg(long, default_value = "target/expiry-bench")]
+    pub out: PathBuf,
+}
+
+/// Percentiles of a list of seconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Spread {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// What one scenario measured.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Outcome {
+    scenario: &'static str,
+    objects: u64,
+    expired: u64,
+    deadline_to_expiry_secs: Spread,
+    deadline_to_published_secs: Spread,
+    expired_messages: u64,
+    distinct_message_ids: u64,
+    duplicates: u64,
+    objects_with_one_message: u64,
+    missing: u64,
+    sweeper_killed: bool,
+}
+
+/// Runs both scenarios, prints the table, writes `result.json` and `result.md`.
+pub async fn run(args: ExpiryBenchArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let together = scenario(&args, "together", None).await?;
+    let steady = scenario(&args, "steady", Some(args.rate)).await?;
+    let table = report(&[&together, &steady]);
+    println!("{table}");
+    std::fs::write(args.out.join("result.md"), &table)?;
+    std::fs::write(
+        args.out.join("result.json"),
+        serde_json::to_string_pretty(&[&together, &steady])?,
+    )?;
+    let mut problems = Vec::new();
+    for o in [&together, &steady] {
+        if o.missing > 0 || o.objects_with_one_message != o.objects || o.expired != o.objects {
+            problems.push(format!("{}: not exactly one expiry per object", o.scenario));
+        }
+    }
+    if together.deadline_to_expiry_secs.max > 5.0 {
+        problems.push("together: an object expired more than 5 s after its deadline".into());
+    }
+    anyhow::ensure!(
+        problems.is_empty(),
+        "expiry-bench FAILED: {}",
+        problems.join("; ")
+    );
+    println!("expiry-bench passed");
+    Ok(())
+}
+
+async fn scenario(
+    args: &ExpiryBenchArgs,
+    name: &'static str,
+    rate: Option<u32>,
+) -> anyhow::Result<Outcome> {
+    let database = format!("lastseen_{PREFIX}");
+    let admin = PgPool::connect(&format!("{}/postgres", args.postgres)).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await?;
+    admin.close().await;
+    let database_url = format!("{}/{database}", args.postgres);
+    let db_args = lastseen::config::DatabaseArgs {
+        database_url: database_url.clone(),
+        database_max_connections: 4,
+    };
+    let pool = lastseen::db::connect_and_migrate(&db_args, &Default::default()).await?;
+    let topology = Topology::new(&TopologyArgs {
+        topology_prefix: PREFIX.into(),
+        notifications_exchange: format!("{PREFIX}.notifications"),
+        delivery_limit: 20,
+    });
+    let amqp = lastseen::amqp::connect(&args.amqp_url, "expiry-bench").await?;
+    let channel = amqp.create_channel().await?;
+    let _ = channel
+        .queue_delete(
+            topology.notifications_queue.as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+    let channel = amqp.create_channel().await?;
+    topology.declare(&channel).await?;
+
+    // The objects: one shared deadline 2 s ahead, or deadlines `rate` per second.
+    let start = Utc::now() + chrono::Duration::seconds(2);
+    let step_micros = rate.map_or(0, |r| 1_000_000 / i64::from(r.max(1)));
+    sqlx::query(
+        "INSERT INTO objects (id, first_seen, last_seen, expires_at)
+         SELECT i, $1 - interval '30 seconds', $1 - interval '30 seconds',
+                $1 + make_interval(secs => (i * $2)::float8 / 1000000.0)
+         FROM generate_series(0, $3 - 1) AS i",
+    )
+    .bind(start)
+    .bind(step_micros)
+    .bind(i64::from(args.objects))
+    .execute(&pool)
+    .await?;
+    let last_deadline =
+        start + chrono::Duration::microseconds(step_micros * i64::from(args.objects));
+
+    let logs = args.out.join(format!("{name}-logs"));
+    std::fs::create_dir_all(&logs)?;
+    let mut sweepers = Supervisor::new(&args.bin, &logs);
+    let env = [
+        ("DATABASE_URL", database_url.clone()),
+        ("AMQP_URL", args.amqp_url.clone()),
+        ("TOPOLOGY_PREFIX", PREFIX.to_owned()),
+        ("NOTIFICATIONS_EXCHANGE", format!("{PREFIX}.notifications")),
+        ("METRICS_ADDR", "127.0.0.1:0".to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    for sweeper in SWEEPERS {
+        sweepers.start(sweeper, "sweeper", &[], &env)?;
+    }
+    // Kill one sweeper once the sweep is under way (some expired, some not).
+    let mut killed = false;
+    if rate.is_none() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let (expired, left): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM object_expiries), (SELECT count(*) FROM objects)",
+            )
+            .fetch_one(&pool)
+            .await?;
+            if expired > 0 && left > 0 {
+                sweepers.kill9(SWEEPERS[0]).await?;
+                killed = true;
+                println!(
+                    "{name}: sweeper-1 killed (SIGKILL) with {expired} expired and {left} left"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    // Wait for every expiry and every notification to be published.
+    let wait_until = last_deadline + chrono::Duration::seconds(120);
+    loop {
+        let (left, pending): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM objects),
+                    (SELECT count(*) FROM notifications WHERE published_at IS NULL)",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if left == 0 && pending == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Utc::now() < wait_until,
+            "{name}: {left} objects and {pending} notifications still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for sweeper in SWEEPERS {
+        // The killed one is gone already.
+        let _ = sweepers.kill9(sweeper).await;
+    }
+
+    let expiry_lags: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM expired_at - expires_at)::float8 FROM object_expiries",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let publish_lags: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM published_at - (payload->>'expires_at')::timestamptz)::float8
+         FROM notifications WHERE routing_key = 'object.expired'",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let (messages, per_object) = read_expired_messages(&channel, &topology).await?;
+    let distinct: HashSet<&String> = messages.iter().map(|(id, _)| id).collect();
+    let outcome = Outcome {
+        scenario: name,
+        objects: u64::from(args.objects),
+        expired: expiry_lags.len() as u64,
+        deadline_to_expiry_secs: spread(expiry_lags),
+        deadline_to_published_secs: spread(publish_lags),
+        expired_messages: messages.len() as u64,
+        distinct_message_ids: distinct.len() as u64,
+        duplicates: (messages.len() - distinct.len()) as u64,
+        objects_with_one_message: per_object.values().filter(|n| **n == 1).count() as u64,
+        missing: u64::from(args.objects).saturating_sub(per_object.len() as u64),
+        sweeper_killed: killed,
+    };
+    let _ = channel
+        .queue_delete(
+            topology.notifications_queue.as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+    let _ = amqp.close(200, "done".into()).await;
+    pool.close().await;
+    Ok(outcome)
+}
+
+/// Every `object.expired` message in the notifications queue (taken off it): the
+/// `message_id`s in arrival order, and how many distinct messages each object got.
+async fn read_expired_messages(
+    channel: &lapin::Channel,
+    topology: &Topology,
+) -> anyhow::Result<(Vec<(String, i64)>, HashMap<i64, u32>)> {
+    channel.basic_qos(5_000, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            topology.notifications_queue.as_str().into(),
+            "expiry-bench".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            no_args(),
+        )
+        .await?;
+    let mut messages = Vec::new();
+    let mut ids_by_message: HashMap<String, i64> = HashMap::new();
+    while let Ok(Some(delivery)) =
+        tokio::time::timeout(Duration::from_secs(3), consumer.next()).await
+    {
+        let delivery = delivery?;
+        if delivery.routing_key.as_str() != lastseen::topology::EXPIRED_ROUTING_KEY {
+            continue;
+        }
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&delivery.data)?;
+        let id = body["object_id"].as_i64().unwrap_or(-1);
+        ids_by_message.insert(message_id.clone(), id);
+        messages.push((message_id, id));
+    }
+    let mut per_object: HashMap<i64, u32> = HashMap::new();
+    for id in ids_by_message.values() {
+        *per_object.entry(*id).or_default() += 1;
+    }
+    Ok((messages, per_object))
+}
+
+fn spread(mut secs: Vec<f64>) -> Spread {
+    if secs.is_empty() {
+        return Spread {
+            p50: 0.0,
+            p99: 0.0,
+            max: 0.0,
+        };
+    }
+    secs.sort_by(f64::total_cmp);
+    let at = |q: f64| secs[((secs.len() - 1) as f64 * q).round() as usize];
+    Spread {
+        p50: at(0.5),
+        p99: at(0.99),
+        max: secs[secs.len() - 1],
+    }
+}
+
+fn report(outcomes: &[&Outcome]) -> String {
+    let mut table = String::from(
+        "| scenario | objects | expired | deadline→expiry p50 / p99 / max s | deadline→published p50 / p99 / max s | expired messages | duplicates (same message_id) | objects with exactly one | missing | sweeper killed |\n|---|---:|---:|---|---|---:|---:|---:|---:|---|\n",
+    );
+    for o in outcomes {
+        let (e, p) = (o.deadline_to_expiry_secs, o.deadline_to_published_secs);
+        table.push_str(&format!(
+            "| {} | {} | {} | {:.3} / {:.3} / {:.3} | {:.3} / {:.3} / {:.3} | {} | {} | {} | {} | {} |\n",
+            o.scenario,
+            o.objects,
+            o.expired,
+            e.p50,
+            e.p99,
+            e.max,
+            p.p50,
+            p.p99,
+            p.max,
+            o.expired_messages,
+            o.duplicates,
+            o.objects_with_one_message,
+            o.missing,
+            if o.sweeper_killed { "yes (SIGKILL)" } else { "no" },
+        ));
+    }
+    table
+}

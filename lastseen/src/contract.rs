@@ -1,0 +1,79 @@
+//! The contract between the processes and with the people and programs around them,
+//! typed once: metric names, message and webhook header names. Routing keys (event
+//! kinds) are in [`crate::topology`]. Changing a value here changes what dashboards,
+//! alerts, receivers and older processes see: add, don't rename.
+
+/// Prometheus metric names, served at `/metrics` by the process that records them.
+pub mod metric {
+    /// Callbacks answered, by `outcome` (published, spooled, or the error code). Producer.
+    pub const CALLBACKS_TOTAL: &str = "lastseen_callbacks_total";
+    /// Messages sent to a retry queue. Consumer.
+    pub const CHECK_RETRIES_TOTAL: &str = "lastseen_check_retries_total";
+    /// Status calls in flight. Consumer.
+    pub const CHECKS_IN_FLIGHT: &str = "lastseen_checks_in_flight";
+    /// Messages taken from the work queue, by `redelivered`. Consumer.
+    pub const DELIVERIES_TOTAL: &str = "lastseen_deliveries_total";
+    /// Messages dead-lettered, by `reason`. Consumer.
+    pub const DEAD_LETTERS_TOTAL: &str = "lastseen_dead_letters_total";
+    /// Time from an object's deadline to its expiry. Sweeper.
+    pub const EXPIRY_LAG_SECONDS: &str = "lastseen_expiry_lag_seconds";
+    /// Distinct ids of accepted callbacks. Producer.
+    pub const IDS_ACCEPTED_TOTAL: &str = "lastseen_ids_accepted_total";
+    /// Ids published to RabbitMQ with confirms (at once or from the spool). Producer.
+    pub const IDS_PUBLISHED_TOTAL: &str = "lastseen_ids_published_total";
+    /// Ids committed to the local spool. Producer.
+    pub const IDS_SPOOLED_TOTAL: &str = "lastseen_ids_spooled_total";
+    /// Online ids whose `last_seen` was committed. Consumer.
+    pub const IDS_STORED_TOTAL: &str = "lastseen_ids_stored_total";
+    /// Outbox rows not yet published. Sweeper.
+    pub const NOTIFICATIONS_PENDING: &str = "lastseen_notifications_pending";
+    /// Done outbox rows deleted by retention. Sweeper.
+    pub const NOTIFICATIONS_PRUNED_TOTAL: &str = "lastseen_notifications_pruned_total";
+    /// Outbox rows published with confirms. Sweeper.
+    pub const NOTIFICATIONS_PUBLISHED_TOTAL: &str = "lastseen_notifications_published_total";
+    /// Outbox rows written, by `routing_key`. Consumer and sweeper.
+    pub const NOTIFICATIONS_RECORDED_TOTAL: &str = "lastseen_notifications_recorded_total";
+    /// Objects expired. Sweeper.
+    pub const OBJECTS_EXPIRED_TOTAL: &str = "lastseen_objects_expired_total";
+    /// Objects that came online (first seen, or back after expiry). Consumer.
+    pub const OBJECTS_ONLINE_TOTAL: &str = "lastseen_objects_online_total";
+    /// Time from publish to the last confirm of a callback. Producer.
+    pub const PUBLISH_CONFIRM_SECONDS: &str = "lastseen_publish_confirm_seconds";
+    /// Ids sent to a retry queue. Consumer.
+    pub const RETRIED_IDS_TOTAL: &str = "lastseen_retried_ids_total";
+    /// Callbacks waiting in the spool. Producer.
+    pub const SPOOL_PENDING_CALLBACKS: &str = "lastseen_spool_pending_callbacks";
+    /// Ids waiting in the spool. Producer.
+    pub const SPOOL_PENDING_IDS: &str = "lastseen_spool_pending_ids";
+    /// Duration of one status call. Consumer.
+    pub const STATUS_CHECK_SECONDS: &str = "lastseen_status_check_seconds";
+    /// Status calls, by `result`. Consumer.
+    pub const STATUS_CHECKS_TOTAL: &str = "lastseen_status_checks_total";
+    /// Rows per upsert statement. Consumer.
+    pub const UPSERT_BATCH_ROWS: &str = "lastseen_upsert_batch_rows";
+    /// Upsert transactions that failed (and were retried). Consumer.
+    pub const UPSERT_FAILURES_TOTAL: &str = "lastseen_upsert_failures_total";
+    /// Duration of one upsert transaction. Consumer.
+    pub const UPSERT_SECONDS: &str = "lastseen_upsert_seconds";
+    /// Webhook deliveries, by `outcome`. Sweeper.
+    pub const WEBHOOK_DELIVERIES_TOTAL: &str = "lastseen_webhook_deliveries_total";
+    /// Duration of one webhook POST. Sweeper.
+    pub const WEBHOOK_SECONDS: &str = "lastseen_webhook_seconds";
+}
+
+/// Header names of the AMQP messages and of the webhook's requests.
+pub mod header {
+    /// The request id of the callback a message came from (AMQP), and of the request (HTTP).
+    pub const REQUEST_ID: &str = "x-request-id";
+    /// How many times a check message has been tried (AMQP; retries and dead letters).
+    pub const ATTEMPT: &str = "x-attempt";
+    /// Why a message was dead-lettered (AMQP).
+    pub const REASON: &str = "x-reason";
+    /// `sha256=<hex HMAC-SHA256 of the body under NOTIFY_WEBHOOK_SECRET>` (webhook).
+    pub const WEBHOOK_SIGNATURE: &str = "x-lastseen-signature";
+    /// The notification's routing key (webhook).
+    pub const WEBHOOK_EVENT: &str = "x-lastseen-event";
+    /// The notification's id, the same as the AMQP `message_id`: receivers de-duplicate on
+    /// it (webhook).
+    pub const WEBHOOK_DELIVERY: &str = "x-lastseen-delivery";
+}

@@ -1,0 +1,3 @@
+//! Operator commands for a running pipeline, behind the `lastseenctl` binary.
+
+pub mod replay;

@@ -1,0 +1,66 @@
+//! The HTTP layer on top of the callback logic: the router with its limits and request
+//! ids, the handlers, their JSON errors, the OpenAPI document and the connection server.
+//! Nothing below it (`callback`, `publisher`, `spool`) knows HTTP.
+
+mod error;
+mod handlers;
+mod openapi;
+mod schemas;
+mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use lastseen::contract::header::REQUEST_ID;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyDeadlineLayer;
+use tower_http::trace::TraceLayer;
+
+pub use handlers::AppState;
+pub use server::serve;
+
+/// Bound on a whole request, so no client holds a connection's resources forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The producer's routes and layers. `body_timeout` bounds the time a client may take to
+/// send its whole body.
+pub fn router(state: AppState, body_timeout: Duration) -> Router {
+    let body_limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/callback", post(handlers::callback))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(lastseen::ops::metrics))
+        .route("/openapi.json", get(openapi::document))
+        .layer(DefaultBodyLimit::max(body_limit))
+        // A deadline on the whole body, not on the gap between bytes: a body trickled
+        // at a byte a second must not hold the request open either.
+        .layer(RequestBodyDeadlineLayer::new(body_timeout))
+        .layer(axum::middleware::from_fn(|request, next| {
+            error::answer_within(REQUEST_TIMEOUT, request, next)
+        }))
+        // Every request gets an id (the client's `x-request-id`, or a new UUID): it is in
+        // the request's log span, in the answer, and in the check messages.
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(Arc::new(state))
+}
+
+/// The log span of one request, with its request id.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri(),
+        request_id,
+    )
+}
