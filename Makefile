@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECS ?= 60
 
-.PHONY: run test unit services build lint latency run-check compose-check ci bench chaos fuzz api-fuzz retry-check expiry-bench fresh-check
+.PHONY: run test unit services build build-harness lint latency run-check compose-check ci bench chaos fuzz api-fuzz retry-check expiry-bench fresh-check
 
 ## run: install/start PostgreSQL and RabbitMQ if needed, build, start the whole pipeline
 run: services build
@@ -22,16 +22,22 @@ unit:
 services:
 	@scripts/services.sh
 
+## build: the release binaries `make run` starts (the product, lastseenctl and the tester)
 build:
-	$(CARGO) build --release --workspace --locked
+	$(CARGO) build --release --locked -p producer -p consumer -p sweeper -p lastseenctl -p tester
 
-## lint: formatting and clippy, warnings as errors
+## build-harness: the release harness (bench, chaos, expiry-bench, load) on top of `build`
+build-harness: build
+	$(CARGO) build --release --locked -p harness
+
+## lint: formatting, clippy with warnings as errors, and no module dependency cycle inside any crate
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	python3 scripts/module_cycles.py .
 
 ## latency: callback latency of 200-id batches under load, with percentiles
-latency: services build
+latency: services build-harness
 	@scripts/latency.sh
 
 ## run-check: `make run` as a user would, checked: only even ids stored, then emptied
@@ -45,11 +51,11 @@ compose-check:
 ci: lint test compose-check run-check
 
 ## bench: the pipeline under load (BENCH_SECS, BENCH_RATE, or BENCH_RATES=a,b,c for a sweep)
-bench: services build
+bench: services build-harness
 	@scripts/bench.sh
 
 ## expiry-bench: 100,000 objects expiring together with two sweepers (one killed -9), and 10,000 expiries/s: lag and duplicates
-expiry-bench: services build
+expiry-bench: services build-harness
 	@$(CARGO) run --release --locked -q -p harness -- expiry-bench
 
 ## retry-check: status service failing everything: growing retry delays, dead letters with reason after MAX_ATTEMPTS, low consumer CPU
@@ -57,7 +63,7 @@ retry-check: services build
 	@scripts/retry-check.sh
 
 ## chaos: the pipeline under load and faults (kill -9, RabbitMQ/PostgreSQL stopped); 0 lost ids (CHAOS_RUNS=n)
-chaos: services build
+chaos: services build-harness
 	@scripts/chaos.sh
 
 ## fuzz: fuzz the callback body parser (cargo-fuzz, libFuzzer) for FUZZ_SECS seconds (default 60)

@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lastseen::amqp::{self, no_args};
-use lastseen::backoff::Retries;
+use lastseen::amqp::{AmqpError, no_args};
 use lastseen::ops::{self, Dependency, OpsServer, ReadinessProbe};
+use lastseen::session::{Session, SessionKeeper};
 use lastseen::topology::Topology;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -21,9 +21,6 @@ use crate::delivery::{self, Context};
 use crate::retry::{Retrier, RetryPolicy};
 use crate::status::StatusClient;
 use crate::writer::LastSeenWriter;
-
-/// A session that lasted this long was healthy: the reconnect backoff starts over.
-const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
 /// A consumer process, built from its configuration.
 pub struct Application {
@@ -92,42 +89,54 @@ impl Application {
             config,
         };
 
-        let mut connection = None;
+        let sessions = SessionKeeper::new(
+            &shared.config.amqp.amqp_url,
+            "consumer",
+            shared.topology.clone(),
+        );
+        let keeper_stop = CancellationToken::new();
+        let keeper = tokio::spawn(sessions.clone().run(keeper_stop.clone()));
+        // The session before the current one stays open until the current one ends, so
+        // work in flight on it can still ack where its connection still works.
+        let mut previous: Option<Arc<Session>> = None;
         let mut last_session = None;
-        let mut retries = Retries::new();
-        while !shutdown.is_cancelled() {
-            let conn =
-                match amqp::connect_with_retry(&shared.config.amqp.amqp_url, "consumer", &shutdown)
-                    .await
-                {
-                    Ok(conn) => conn,
-                    Err(amqp::AmqpError::Cancelled) => break,
-                    Err(err) => return Err(err.into()),
-                };
-            let started = tokio::time::Instant::now();
-            let session = consume(&conn, &shared, &shutdown).await;
+        let mut refused = None;
+        while let Some(session) = sessions.next(&shutdown).await {
+            let consumed = consume(&session, &shared, &shutdown).await;
             shared.consuming.store(false, Ordering::Relaxed);
-            match session {
-                Ok(session) => last_session = Some(session),
-                // A queue declared with other arguments: no reconnect can fix that.
+            match consumed {
+                Ok(ctx) => last_session = Some(ctx),
+                // A retry queue declared with other arguments: no reconnect can fix that.
                 Err(err)
                     if err
-                        .downcast_ref::<amqp::AmqpError>()
-                        .is_some_and(|e| e.is_fatal()) =>
+                        .downcast_ref::<AmqpError>()
+                        .is_some_and(AmqpError::is_fatal) =>
                 {
-                    return Err(err);
+                    refused = Some(err);
+                    if let Some(old) = previous.replace(session) {
+                        old.close("consumer stopping").await;
+                    }
+                    break;
                 }
-                Err(err) => tracing::warn!(error = %err, "RabbitMQ session ended, reconnecting"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "RabbitMQ session ended, reconnecting");
+                    sessions.broken(&session);
+                }
             }
-            if let Some(old) = connection.replace(conn) {
-                let _ = old.close(200, "session renewed".into()).await;
+            if let Some(old) = previous.replace(session)
+                && !previous.as_ref().is_some_and(|s| Arc::ptr_eq(s, &old))
+            {
+                old.close("session renewed").await;
             }
-            if started.elapsed() > HEALTHY_SESSION {
-                retries.succeeded();
+            if shutdown.is_cancelled() {
+                break;
             }
-            if !shutdown.is_cancelled() {
-                retries.pause(&shutdown).await;
-            }
+        }
+        keeper_stop.cancel();
+        // An error no retry can fix (refused credentials, a queue declared with other
+        // arguments) ended the keeper: stop like on a signal, then report it.
+        if let Ok(Err(err)) = keeper.await {
+            refused = Some(err.into());
         }
 
         // Shutdown: the subscription is cancelled; let in-flight checks commit and ack.
@@ -159,13 +168,17 @@ impl Application {
         if tokio::time::timeout(grace, writer_task).await.is_err() {
             abandon.cancel();
         }
-        if let Some(conn) = connection {
-            let _ = conn.close(200, "consumer shutting down".into()).await;
+        if let Some(session) = previous {
+            session.close("consumer shutting down").await;
         }
+        sessions.close("consumer shutting down").await;
         ops.stop().await;
         pool.close().await;
         tracing::info!("consumer stopped");
-        Ok(())
+        match refused {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 }
 
@@ -173,12 +186,11 @@ impl Application {
 /// forward to retry fails, or shutdown. Returns the session (to close it once drained)
 /// only on shutdown.
 async fn consume(
-    conn: &lapin::Connection,
+    session: &Session,
     shared: &Shared,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<Context>> {
-    let channel = conn.create_channel().await?;
-    shared.topology.declare(&channel).await?;
+    let channel = session.channel().await?;
     for delay in shared.policy.delays() {
         shared.topology.declare_retry_queue(&channel, delay).await?;
     }
@@ -191,7 +203,7 @@ async fn consume(
         check_slots: shared.check_slots.clone(),
         writer: shared.writer.clone(),
         retrier: Retrier::new(
-            amqp::confirm_channel(conn).await?,
+            session.confirm_channel().await?,
             shared.topology.clone(),
             shared.policy,
         ),

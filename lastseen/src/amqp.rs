@@ -1,12 +1,11 @@
-//! RabbitMQ connections: connect with backoff and jitter, open confirm-mode channels,
-//! and publish persistent messages whose confirm and routing are both checked.
+//! RabbitMQ connections: connect (telling a refusal of the settings from an outage), open
+//! confirm-mode channels, and publish persistent messages whose confirm and routing are
+//! both checked. A process keeps its connection through [`crate::session`].
 
-use backon::Retryable;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Misconfigured;
 use crate::contract::header;
@@ -34,8 +33,6 @@ pub enum AmqpError {
         exchange: String,
         routing_key: String,
     },
-    #[error("stopped while connecting to RabbitMQ")]
-    Cancelled,
 }
 
 impl AmqpError {
@@ -93,26 +90,6 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
             },
             refused => refused,
         })
-}
-
-/// Connects, retrying with backoff and jitter until it succeeds or `cancel` fires. An
-/// error no retry can fix ([`AmqpError::is_fatal`]) is returned at once.
-pub async fn connect_with_retry(
-    url: &str,
-    name: &str,
-    cancel: &CancellationToken,
-) -> Result<Connection, AmqpError> {
-    let attempt = || connect(url, name);
-    let retried = attempt
-        .retry(crate::backoff::reconnect())
-        .when(|err: &AmqpError| !err.is_fatal())
-        .notify(
-            |err, delay| tracing::warn!(error = %err, ?delay, "RabbitMQ not reachable, retrying"),
-        );
-    tokio::select! {
-        result = retried => result,
-        () = cancel.cancelled() => Err(AmqpError::Cancelled),
-    }
 }
 
 /// Opens a channel in publisher-confirm mode.

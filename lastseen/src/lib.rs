@@ -9,6 +9,7 @@ pub mod db;
 pub mod domain;
 pub mod limits;
 pub mod ops;
+pub mod session;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -144,7 +144,8 @@ fn render(handle: &PrometheusHandle) -> Response {
         .into_response()
 }
 
-async fn healthz() -> Response {
+/// `GET /healthz`: the process is alive (every process answers it the same way).
+pub async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 

@@ -1,20 +1,19 @@
-//! Publishing check messages with publisher confirms. A background task keeps one
-//! connection with a pool of confirm-mode channels alive, reconnecting with backoff;
-//! each callback borrows a channel for itself, so a message RabbitMQ returns as
-//! unroutable can only fail the callback that published it.
+//! Publishing check messages with publisher confirms, on the session the library's
+//! [`SessionKeeper`] keeps: each callback borrows a confirm-mode channel for itself, so a
+//! message RabbitMQ returns as unroutable can only fail the callback that published it.
 
-use lastseen::contract::metric;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::try_join_all;
-use lapin::{Channel, Connection};
+use lapin::Channel;
 use lastseen::CheckMessage;
 use lastseen::amqp::{self, AmqpError};
-use lastseen::backoff::Retries;
+use lastseen::contract::metric;
+use lastseen::session::{Session, SessionKeeper};
 use lastseen::topology::{CHECK_ROUTING_KEY, Topology};
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 /// Why a batch was not (or not provably) stored by RabbitMQ.
@@ -28,127 +27,60 @@ pub enum PublishError {
     Timeout,
 }
 
-/// A live connection and its confirm-mode channels, each lent to one callback at a time.
-struct Session {
-    connection: Connection,
-    channels: Vec<Mutex<Channel>>,
-}
+/// Longest wait for the broker to acknowledge closing a retired channel.
+const CHANNEL_CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
-impl Session {
-    fn is_usable(&self) -> bool {
-        self.connection.status().connected()
-    }
+/// The confirm-mode channels of one session, each lent to one callback at a time. A
+/// slot is empty until first used, and emptied when its channel failed or still owes
+/// confirms: a channel is never lent on with another callback's confirms outstanding.
+struct Channels {
+    session: Arc<Session>,
+    slots: Vec<Mutex<Option<Channel>>>,
 }
 
 /// Publishes check messages durably: persistent, mandatory, confirmed.
 pub struct CallbackPublisher {
-    session: watch::Receiver<Option<Arc<Session>>>,
-    session_tx: watch::Sender<Option<Arc<Session>>>,
-    /// Wakes the connection keeper when a publish found the session broken.
-    broken: Notify,
+    keeper: Arc<SessionKeeper>,
+    channels: std::sync::Mutex<Option<Arc<Channels>>>,
     next_channel: AtomicUsize,
-    amqp_url: String,
     topology: Topology,
     channel_count: usize,
 }
 
 impl CallbackPublisher {
-    pub fn new(amqp_url: String, topology: Topology, channel_count: usize) -> Arc<Self> {
-        let (session_tx, session) = watch::channel(None);
+    /// Publishes on the sessions `keeper` keeps, over `channel_count` confirm channels.
+    pub fn new(keeper: Arc<SessionKeeper>, topology: Topology, channel_count: usize) -> Arc<Self> {
         Arc::new(Self {
-            session,
-            session_tx,
-            broken: Notify::new(),
+            keeper,
+            channels: std::sync::Mutex::new(None),
             next_channel: AtomicUsize::new(0),
-            amqp_url,
             topology,
             channel_count: channel_count.max(1),
         })
     }
 
-    /// Keeps a usable session until `shutdown`: connects, declares the topology, and
-    /// reconnects with backoff and jitter whenever the session breaks. Returns an error
-    /// no retry can fix ([`AmqpError::is_fatal`]: refused credentials, a queue declared
-    /// with other settings) at once, for the producer to stop with it.
-    pub async fn keep_connected(
-        self: Arc<Self>,
-        shutdown: CancellationToken,
-    ) -> Result<(), AmqpError> {
-        let mut retries = Retries::new();
-        while !shutdown.is_cancelled() {
-            if self.current().is_some() {
-                tokio::select! {
-                    () = self.broken.notified() => {}
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    () = shutdown.cancelled() => break,
-                }
-                continue;
-            }
-            match self.connect().await {
-                Ok(session) => {
-                    tracing::info!(channels = session.channels.len(), "connected to RabbitMQ");
-                    self.session_tx.send_replace(Some(session));
-                    retries.succeeded();
-                }
-                Err(err) if err.is_fatal() => return Err(err),
-                Err(err) => {
-                    tracing::warn!(error = %err, "RabbitMQ not reachable, retrying");
-                    if !retries.pause(&shutdown).await {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn connect(&self) -> Result<Arc<Session>, AmqpError> {
-        let connection = amqp::connect(&self.amqp_url, "producer").await?;
-        let mut channels = Vec::with_capacity(self.channel_count);
-        for _ in 0..self.channel_count {
-            channels.push(amqp::confirm_channel(&connection).await?);
-        }
-        self.topology.declare(&channels[0]).await?;
-        Ok(Arc::new(Session {
-            connection,
-            channels: channels.into_iter().map(Mutex::new).collect(),
-        }))
-    }
-
-    /// The usable session, if any.
-    fn current(&self) -> Option<Arc<Session>> {
-        self.session
-            .borrow()
-            .as_ref()
-            .filter(|s| s.is_usable())
-            .cloned()
-    }
-
     /// True when the publisher holds a usable connection to RabbitMQ.
     pub fn is_connected(&self) -> bool {
-        self.current().is_some()
+        self.keeper.current().is_some()
     }
 
-    /// Waits for a usable session, at most `wait`.
-    async fn wait_for_session(&self, wait: Duration) -> Option<Arc<Session>> {
-        if let Some(session) = self.current() {
-            return Some(session);
-        }
-        self.broken.notify_one();
-        let mut rx = self.session.clone();
-        tokio::time::timeout(wait, async {
-            loop {
-                if let Some(session) = rx.borrow_and_update().as_ref().filter(|s| s.is_usable()) {
-                    return Some(session.clone());
-                }
-                if rx.changed().await.is_err() {
-                    return None;
-                }
+    /// The channel slots of `session`, made when a session is first used.
+    fn channels_of(&self, session: &Arc<Session>) -> Arc<Channels> {
+        let mut channels = self
+            .channels
+            .lock()
+            .expect("the channel table is never left poisoned");
+        match channels.as_ref() {
+            Some(current) if Arc::ptr_eq(&current.session, session) => current.clone(),
+            _ => {
+                let fresh = Arc::new(Channels {
+                    session: session.clone(),
+                    slots: (0..self.channel_count).map(|_| Mutex::new(None)).collect(),
+                });
+                *channels = Some(fresh.clone());
+                fresh
             }
-        })
-        .await
-        .ok()
-        .flatten()
+        }
     }
 
     /// Publishes every message and returns once RabbitMQ has confirmed and routed all,
@@ -163,17 +95,32 @@ impl CallbackPublisher {
         }
         let started = tokio::time::Instant::now();
         let session = self
-            .wait_for_session(bound)
+            .keeper
+            .wait(bound, &CancellationToken::new())
             .await
             .ok_or(PublishError::NotConnected)?;
+        let channels = self.channels_of(&session);
+        let slots = &channels.slots;
         let start = self.next_channel.fetch_add(1, Ordering::Relaxed);
-        let slots = &session.channels;
-        // Borrow a free channel if there is one, else wait for the next in turn.
-        let channel =
+        // Borrow a free slot if there is one, else wait for the next in turn.
+        let mut slot =
             match (0..slots.len()).find_map(|i| slots[(start + i) % slots.len()].try_lock().ok()) {
                 Some(guard) => guard,
                 None => slots[start % slots.len()].lock().await,
             };
+        let channel = match slot.as_ref().filter(|c| c.status().connected()) {
+            Some(channel) => channel.clone(),
+            None => {
+                // Opening a channel is a round trip too: within the bound.
+                let remaining = bound.saturating_sub(started.elapsed());
+                let channel = tokio::time::timeout(remaining, session.confirm_channel())
+                    .await
+                    .map_err(|_| PublishError::Timeout)?
+                    .inspect_err(|_| self.keeper.broken(&session))?;
+                *slot = Some(channel.clone());
+                channel
+            }
+        };
         let remaining = bound.saturating_sub(started.elapsed());
         let publishing = std::time::Instant::now();
         let result =
@@ -193,13 +140,20 @@ impl CallbackPublisher {
             metrics::counter!(metric::IDS_PUBLISHED_TOTAL).increment(ids as u64);
         }
         if let Err(err) = &result {
-            // A broken channel or connection is renewed; a slow or refused confirm on a
-            // healthy channel is not a reason to drop every other callback's publishes.
-            if session.is_usable() && channel.status().connected() {
+            // The channel may still owe confirms: it is retired, never lent on. A broken
+            // connection is renewed; a slow or refused confirm on a healthy one is not a
+            // reason to drop every other callback's publishes.
+            *slot = None;
+            // Closing waits for the broker, which may not answer: not on the callback's time.
+            tokio::spawn(async move {
+                let closing = channel.close(200, "publish not confirmed".into());
+                let _ = tokio::time::timeout(CHANNEL_CLOSE_LIMIT, closing).await;
+            });
+            if session.is_usable() {
                 tracing::warn!(error = %err, "publish not confirmed in time");
             } else {
                 tracing::warn!(error = %err, "publish failed; the session will be renewed");
-                self.discard(&session);
+                self.keeper.broken(&session);
             }
         }
         result
@@ -228,32 +182,24 @@ impl CallbackPublisher {
         Ok(())
     }
 
-    /// Drops a session that failed (unless it was already replaced) and wakes the keeper.
-    fn discard(&self, failed: &Arc<Session>) {
-        self.session_tx.send_if_modified(|current| {
-            if current.as_ref().is_some_and(|s| Arc::ptr_eq(s, failed)) {
-                *current = None;
-                true
-            } else {
-                false
-            }
-        });
-        self.broken.notify_one();
-    }
-
     /// Closes the connection, letting in-flight confirms finish first (bounded).
     pub async fn close(&self) {
-        let Some(session) = self.session_tx.send_replace(None) else {
-            return;
-        };
-        for slot in &session.channels {
-            let channel = slot.lock().await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), channel.wait_for_confirms()).await;
-            let _ = channel.close(200, "producer shutting down".into()).await;
+        let channels = self
+            .channels
+            .lock()
+            .expect("the channel table is never left poisoned")
+            .take();
+        if let Some(channels) = channels {
+            for slot in &channels.slots {
+                if let Some(channel) = slot.lock().await.take() {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), channel.wait_for_confirms())
+                            .await;
+                    let closing = channel.close(200, "producer shutting down".into());
+                    let _ = tokio::time::timeout(CHANNEL_CLOSE_LIMIT, closing).await;
+                }
+            }
         }
-        let _ = session
-            .connection
-            .close(200, "producer shutting down".into())
-            .await;
+        self.keeper.close("producer shutting down").await;
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use lastseen::session::SessionKeeper;
 use lastseen::topology::Topology;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,13 +39,11 @@ impl Application {
         lastseen::ops::metrics_handle();
         let spool = Arc::new(Spool::open(&config.spool_path, config.spool_max_ids)?);
         let topology = Topology::new(&config.topology);
-        let publisher = CallbackPublisher::new(
-            config.amqp.amqp_url.clone(),
-            topology,
-            config.publish_channels as usize,
-        );
+        let session = SessionKeeper::new(&config.amqp.amqp_url, "producer", topology.clone());
+        let publisher =
+            CallbackPublisher::new(session.clone(), topology, config.publish_channels as usize);
         let keeper_stop = CancellationToken::new();
-        let keeper = tokio::spawn(publisher.clone().keep_connected(keeper_stop.clone()));
+        let keeper = tokio::spawn(session.run(keeper_stop.clone()));
         // Give the first connection a moment, so the first callbacks find it ready.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while !publisher.is_connected()

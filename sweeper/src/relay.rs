@@ -2,12 +2,14 @@
 //! the row id, and mark them published only after the broker confirmed them.
 
 use lastseen::contract::metric;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::try_join_all;
+use lapin::Channel;
 use lapin::types::ShortString;
-use lapin::{Channel, Connection};
 use lastseen::amqp::{self, AmqpError};
+use lastseen::session::{Session, SessionKeeper};
 use lastseen::store::notifications;
 use lastseen::topology::Topology;
 use sqlx::PgPool;
@@ -21,49 +23,60 @@ pub enum RelayError {
     Db(#[from] sqlx::Error),
     #[error("a relay round took longer than {0:?} (RabbitMQ blocked or too slow to confirm)")]
     Timeout(Duration),
+    #[error("RabbitMQ is not connected")]
+    NotConnected,
 }
 
-impl RelayError {
-    /// True when retrying cannot help (see [`AmqpError::is_fatal`]).
-    pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::Amqp(err) if err.is_fatal())
-    }
-}
-
-/// Publishes notifications, holding one confirm-mode channel and renewing it on failure.
+/// Publishes notifications on the session the keeper keeps, over one confirm-mode
+/// channel of its own, opened again whenever it or its session failed.
 pub struct Relay {
-    amqp_url: String,
-    topology: Topology,
+    sessions: Arc<SessionKeeper>,
     batch: i64,
     /// Whether a webhook delivers the notifications too (else they are marked skipped
     /// for it when published).
     webhook: bool,
-    session: Option<(Connection, Channel)>,
+    topology: Topology,
+    channel: Option<(Arc<Session>, Channel)>,
 }
 
 impl Relay {
-    pub fn new(amqp_url: String, topology: Topology, batch: u32, webhook: bool) -> Self {
+    pub fn new(
+        sessions: Arc<SessionKeeper>,
+        topology: Topology,
+        batch: u32,
+        webhook: bool,
+    ) -> Self {
         Self {
-            amqp_url,
-            topology,
+            sessions,
             batch: i64::from(batch),
             webhook,
-            session: None,
+            topology,
+            channel: None,
         }
     }
 
-    async fn channel(&mut self) -> Result<Channel, AmqpError> {
-        if let Some((conn, channel)) = &self.session
-            && conn.status().connected()
+    async fn channel(&mut self) -> Result<Channel, RelayError> {
+        if let Some((session, channel)) = &self.channel
+            && session.is_usable()
             && channel.status().connected()
         {
             return Ok(channel.clone());
         }
-        let conn = amqp::connect(&self.amqp_url, "sweeper").await?;
-        let channel = amqp::confirm_channel(&conn).await?;
-        self.topology.declare(&channel).await?;
-        self.session = Some((conn, channel.clone()));
+        let session = self.sessions.current().ok_or(RelayError::NotConnected)?;
+        let channel = session.confirm_channel().await.inspect_err(|_| {
+            self.sessions.broken(&session);
+        })?;
+        self.channel = Some((session, channel.clone()));
         Ok(channel)
+    }
+
+    /// Forgets the channel after a failure; a broken session is renewed.
+    fn failed(&mut self) {
+        if let Some((session, _)) = self.channel.take()
+            && !session.is_usable()
+        {
+            self.sessions.broken(&session);
+        }
     }
 
     /// Publishes every pending notification; returns how many were published. Each round
@@ -75,10 +88,10 @@ impl Relay {
         pool: &PgPool,
         round_timeout: Duration,
     ) -> Result<u64, RelayError> {
-        // Connect even with nothing to publish, so readiness reflects RabbitMQ.
+        // Open the channel even with nothing to publish, so readiness reflects RabbitMQ.
         if let Err(err) = self.channel().await {
-            self.session = None;
-            return Err(err.into());
+            self.failed();
+            return Err(err);
         }
         let mut total = 0;
         loop {
@@ -90,7 +103,7 @@ impl Relay {
                 Ok(n) => total += n,
                 Err(err) => {
                     if matches!(err, RelayError::Amqp(_) | RelayError::Timeout(_)) {
-                        self.session = None;
+                        self.failed();
                     }
                     return Err(err);
                 }
@@ -131,16 +144,14 @@ impl Relay {
 
     /// True when the relay holds a live connection to RabbitMQ.
     pub fn is_connected(&self) -> bool {
-        self.session.as_ref().is_some_and(|(conn, channel)| {
-            conn.status().connected() && channel.status().connected()
-        })
+        self.sessions.current().is_some()
     }
 
-    /// Closes the connection.
+    /// Closes its channel and the session.
     pub async fn close(&mut self) {
-        if let Some((conn, channel)) = self.session.take() {
+        if let Some((_, channel)) = self.channel.take() {
             let _ = channel.close(200, "sweeper shutting down".into()).await;
-            let _ = conn.close(200, "sweeper shutting down".into()).await;
         }
+        self.sessions.close("sweeper shutting down").await;
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use lastseen::ops::{self, Dependency, OpsServer, ReadinessProbe};
+use lastseen::session::SessionKeeper;
 use lastseen::store::notifications;
 use lastseen::topology::Topology;
 use sqlx::PgPool;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::expiry;
-use crate::relay::{Relay, RelayError};
+use crate::relay::Relay;
 use crate::retention;
 use crate::webhook::{self, WebhookSettings};
 
@@ -62,9 +63,22 @@ impl Application {
             Err(err) => return Err(err.into()),
         };
         let _ = database.set(pool.clone());
+        let topology = Topology::new(&config.topology);
+        let sessions = SessionKeeper::new(&config.amqp.amqp_url, "sweeper", topology.clone());
+        // An error no retry can fix (refused credentials) stops the sweeper like a signal.
+        let keeper = tokio::spawn({
+            let (sessions, shutdown) = (sessions.clone(), shutdown.clone());
+            async move {
+                let kept = sessions.run(shutdown.clone()).await;
+                if kept.is_err() {
+                    shutdown.cancel();
+                }
+                kept
+            }
+        });
         let relay = Relay::new(
-            config.amqp.amqp_url.clone(),
-            Topology::new(&config.topology),
+            sessions,
+            topology,
             config.relay_batch,
             config.notify_webhook_url.is_some(),
         );
@@ -115,7 +129,7 @@ impl Application {
                 () = shutdown.cancelled() => {}
             }
         }
-        let relayed = relay_task.await;
+        let _ = relay_task.await;
         let _ = retention_task.await;
         if let Some(task) = webhook_task {
             let _ = task.await;
@@ -123,7 +137,7 @@ impl Application {
         ops.stop().await;
         pool.close().await;
         tracing::info!("sweeper stopped");
-        match relayed {
+        match keeper.await {
             Ok(Err(refused)) => Err(refused.into()),
             _ => Ok(()),
         }
@@ -145,15 +159,14 @@ fn webhook_settings(config: &Config) -> Option<WebhookSettings> {
 
 /// Publishes the outbox until `shutdown`: right after a sweep expired something, and
 /// every [`RELAY_POLL`] otherwise (another sweeper's rows, rows of consumers'
-/// `object.online`, rows left by a crash). An error no retry can fix cancels `shutdown`
-/// and is returned, so the sweeper stops with it.
+/// `object.online`, rows left by a crash).
 async fn relay_outbox(
     mut relay: Relay,
     pool: PgPool,
     expired: Arc<Notify>,
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
-) -> Result<(), RelayError> {
+) {
     let mut last_count = tokio::time::Instant::now() - PENDING_GAUGE_EVERY;
     while !shutdown.is_cancelled() {
         // Each round is bounded, and the whole is abandoned on shutdown: a blocked broker
@@ -166,11 +179,6 @@ async fn relay_outbox(
         match relayed {
             Ok(0) => {}
             Ok(n) => tracing::debug!(published = n, "notifications published"),
-            Err(err) if err.is_fatal() => {
-                relay.close().await;
-                shutdown.cancel();
-                return Err(err);
-            }
             Err(err) => {
                 tracing::warn!(error = %err, "notification relay failed; will retry");
                 failed = true;
@@ -192,7 +200,6 @@ async fn relay_outbox(
         }
     }
     relay.close().await;
-    Ok(())
 }
 
 /// Ready when PostgreSQL answers and the relay holds a RabbitMQ connection.

@@ -200,8 +200,8 @@ fn is_body_timeout(rejection: &BytesRejection) -> bool {
     summary = "Liveness",
     responses((status = 200, body = super::schemas::Health, description = "Alive", example = json!({"status": "ok"})))
 )]
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+pub async fn healthz() -> Response {
+    lastseen::ops::healthz().await
 }
 
 /// `GET /readyz`: 200 "ready" when RabbitMQ answers and the spool is empty; 200
