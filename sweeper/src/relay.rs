@@ -13,6 +13,10 @@ use lastseen::session::{Session, SessionKeeper};
 use lastseen::store::notifications;
 use lastseen::topology::Topology;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// Longest a relay round waits for the session keeper to (re)connect.
+const SESSION_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a relay round stopped; what it had locked stays pending for the next round.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +66,13 @@ impl Relay {
         {
             return Ok(channel.clone());
         }
-        let session = self.sessions.current().ok_or(RelayError::NotConnected)?;
+        // At start, and while RabbitMQ is back but not yet reconnected: wait a little for
+        // the keeper rather than fail the round.
+        let session = self
+            .sessions
+            .wait(SESSION_WAIT, &CancellationToken::new())
+            .await
+            .ok_or(RelayError::NotConnected)?;
         let channel = session.confirm_channel().await.inspect_err(|_| {
             self.sessions.broken(&session);
         })?;
