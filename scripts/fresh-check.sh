@@ -186,9 +186,12 @@ get() { grep -m1 "^$1=" "$dir/check.log" | cut -d= -f2-; }
   echo "  whole check                 $(( t_debootstrap + t_prepare + t_check )) s"
 } | tee "$summary"
 if [ "$code" != 0 ]; then
+  kept=$repo/target/fresh-check-logs
+  rm -rf "$kept" && mkdir -p "$kept"
   for log in run.log test.log; do
-    [ -f "$root/root/$log" ] && { echo "--- last lines of $log"; tail -n 30 "$root/root/$log"; }
+    [ -f "$root/root/$log" ] && { echo "--- last lines of $log"; tail -n 30 "$root/root/$log"; cp "$root/root/$log" "$kept/"; }
   done
-  fail "see above"
+  cp -r "$root/root/lastseen/target/run" "$kept/components" 2>/dev/null || true
+  fail "see above; the logs are kept in $kept"
 fi
 say "passed"
