@@ -2,14 +2,14 @@
 //! the work queue, and on shutdown drain in-flight checks within a bound.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lastseen::amqp::{AmqpError, no_args};
-use lastseen::ops::{self, Dependency, OpsServer, ReadinessProbe};
+use lastseen::ops::WorkerOps;
 use lastseen::session::{Session, SessionKeeper};
 use lastseen::topology::Topology;
 use tokio::sync::Semaphore;
@@ -52,21 +52,14 @@ impl Application {
         tracing::debug!(open_files, "open-file limit");
         let status = StatusClient::new(config.status_url.clone(), config.status_timeout_ms)
             .context("cannot build the status service client")?;
-        // Health and metrics first, so a probe sees the process while it waits for PostgreSQL.
-        let database = Arc::new(OnceLock::new());
-        let consuming = Arc::new(AtomicBool::new(false));
-        let ops = OpsServer::bind(
+        let ops = WorkerOps::serve(
             config.metrics_addr,
-            readiness(database.clone(), consuming.clone()),
+            "not consuming; reconnecting with backoff",
         )
-        .await?
-        .spawn();
-        let pool = match lastseen::db::connect_and_migrate(&config.database, &shutdown).await {
-            Ok(pool) => pool,
-            Err(lastseen::db::DbError::Cancelled) => return Ok(()),
-            Err(err) => return Err(err.into()),
+        .await?;
+        let Some(pool) = ops.connect_database(&config.database, &shutdown).await? else {
+            return Ok(());
         };
-        let _ = database.set(pool.clone());
         let abandon = CancellationToken::new();
         let (writer, writer_task) = LastSeenWriter::spawn(
             pool.clone(),
@@ -85,7 +78,7 @@ impl Application {
             check_slots: Arc::new(Semaphore::new(config.max_checks_in_flight as usize)),
             writer,
             tracker: TaskTracker::new(),
-            consuming,
+            consuming: ops.rabbitmq_up(),
             config,
         };
 
@@ -242,19 +235,4 @@ async fn consume(
             }
         }
     }
-}
-
-/// Ready when PostgreSQL answers and a session consumes the work queue.
-fn readiness(database: Arc<OnceLock<sqlx::PgPool>>, consuming: Arc<AtomicBool>) -> ReadinessProbe {
-    Arc::new(move || {
-        let (database, consuming) = (database.clone(), consuming.clone());
-        Box::pin(async move {
-            let rabbitmq = if consuming.load(Ordering::Relaxed) {
-                Dependency::ok("rabbitmq")
-            } else {
-                Dependency::failing("rabbitmq", "not consuming; reconnecting with backoff")
-            };
-            vec![ops::postgres_once_connected(&database).await, rabbitmq]
-        })
-    })
 }

@@ -7,19 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection};
-use lastseen::amqp::no_args;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub mod cli_checks;
 pub mod fault_proxy;
-pub mod id_oracle;
 pub mod private_postgres;
 pub mod process;
 pub mod servers;
@@ -78,6 +73,8 @@ pub struct TestEnv {
     pub pool: PgPool,
     pub amqp: Connection,
     pub channel: Channel,
+    /// Exact queue counts.
+    pub broker: harness::broker_admin::BrokerAdmin,
     shutdown: CancellationToken,
     components: Vec<Component>,
     status_task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -128,6 +125,7 @@ impl TestEnv {
             pool,
             amqp,
             channel,
+            broker: harness::broker_admin::BrokerAdmin::new(&amqp_url()),
             shutdown,
             components: Vec::new(),
             status_task: Some(status_task),
@@ -256,7 +254,7 @@ impl TestEnv {
 
     /// Ready messages in a queue (messages held unacked by a consumer are not counted).
     pub async fn ready(&self, queue: &str) -> anyhow::Result<u32> {
-        Ok(self.queue_counts(queue).await?.0)
+        Ok(self.broker.counts(queue).await?.ready)
     }
 
     /// Waits until `count` consumers subscribe to `queue` (the consumer processes are up),
@@ -264,7 +262,7 @@ impl TestEnv {
     pub async fn wait_for_consumers(&self, queue: &str, count: u32) -> anyhow::Result<()> {
         let subscribed = self
             .eventually(Duration::from_secs(30), || async {
-                Ok(self.queue_counts(queue).await?.1 >= count)
+                Ok(self.broker.counts(queue).await?.consumers >= count)
             })
             .await?;
         anyhow::ensure!(
@@ -272,20 +270,6 @@ impl TestEnv {
             "{count} consumers did not subscribe to {queue} within 30 s"
         );
         Ok(())
-    }
-
-    /// A queue's ready messages and consumers.
-    async fn queue_counts(&self, queue: &str) -> anyhow::Result<(u32, u32)> {
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let channel = self.amqp.create_channel().await?;
-        let q = channel
-            .queue_declare(queue.into(), options, no_args())
-            .await?;
-        let _ = channel.close(200, "done".into()).await;
-        Ok((q.message_count(), q.consumer_count()))
     }
 
     /// Takes every message from a queue (acking each), returning bodies and properties.
@@ -365,6 +349,7 @@ impl TestEnv {
                 .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                 .await;
         }
+        self.broker.close().await;
         let _ = self.amqp.close(200, "teardown".into()).await;
         self.pool.close().await;
         let _ = std::fs::remove_dir_all(&self.spool_dir);

@@ -4,6 +4,7 @@
 //! them.
 
 pub mod bench;
+pub mod broker_admin;
 pub mod chaos;
 pub mod expiry_bench;
 pub mod load;

@@ -101,6 +101,31 @@ pub async fn confirm_channel(connection: &Connection) -> Result<Channel, AmqpErr
     Ok(channel)
 }
 
+/// A queue's counts as the broker reports them to a passive declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Messages ready for delivery (not those a consumer holds unacked).
+    pub ready: u32,
+    /// Consumers subscribed.
+    pub consumers: u32,
+}
+
+/// Reads `queue`'s counts with a passive declare, which creates nothing. A missing queue
+/// is an error, and the broker closes `channel` for it.
+pub async fn queue_counts(channel: &Channel, queue: &str) -> Result<QueueCounts, AmqpError> {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..lapin::options::QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), passive, no_args())
+        .await?;
+    Ok(QueueCounts {
+        ready: declared.message_count(),
+        consumers: declared.consumer_count(),
+    })
+}
+
 /// Adds the `x-request-id` header (when there is an id) to `properties`, keeping the
 /// headers they already have.
 pub fn with_request_id(properties: BasicProperties, request_id: Option<&str>) -> BasicProperties {

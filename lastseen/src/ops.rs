@@ -2,6 +2,7 @@
 //! process lives) and `/readyz` (its dependencies answer, naming any that does not).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -225,5 +226,70 @@ impl RunningOps {
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
+    }
+}
+
+/// The start of a worker (consumer, sweeper): the operations endpoint first, so a probe
+/// sees the process while it waits for PostgreSQL, then the database. `/readyz` names
+/// PostgreSQL until it is connected and RabbitMQ while the worker says it is not up.
+pub struct WorkerOps {
+    running: RunningOps,
+    database: Arc<OnceLock<PgPool>>,
+    rabbitmq_up: Arc<AtomicBool>,
+}
+
+impl WorkerOps {
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `addr`; while RabbitMQ is not up,
+    /// `/readyz` gives `rabbitmq_down` as the problem.
+    pub async fn serve(addr: SocketAddr, rabbitmq_down: &'static str) -> Result<Self, OpsError> {
+        let database = Arc::new(OnceLock::new());
+        let rabbitmq_up = Arc::new(AtomicBool::new(false));
+        let probe: ReadinessProbe = {
+            let (database, rabbitmq_up) = (database.clone(), rabbitmq_up.clone());
+            Arc::new(move || {
+                let (database, rabbitmq_up) = (database.clone(), rabbitmq_up.clone());
+                Box::pin(async move {
+                    let rabbitmq = if rabbitmq_up.load(Ordering::Relaxed) {
+                        Dependency::ok("rabbitmq")
+                    } else {
+                        Dependency::failing("rabbitmq", rabbitmq_down)
+                    };
+                    vec![postgres_once_connected(&database).await, rabbitmq]
+                })
+            })
+        };
+        let running = OpsServer::bind(addr, probe).await?.spawn();
+        Ok(Self {
+            running,
+            database,
+            rabbitmq_up,
+        })
+    }
+
+    /// Connects to PostgreSQL and migrates, retrying an outage; `None` when `shutdown`
+    /// fired first.
+    pub async fn connect_database(
+        &self,
+        args: &crate::config::DatabaseArgs,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<PgPool>, crate::db::DbError> {
+        match crate::db::connect_and_migrate(args, shutdown).await {
+            Ok(pool) => {
+                let _ = self.database.set(pool.clone());
+                Ok(Some(pool))
+            }
+            Err(crate::db::DbError::Cancelled) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The flag the worker sets while its RabbitMQ work runs (for `/readyz`).
+    pub fn rabbitmq_up(&self) -> Arc<AtomicBool> {
+        self.rabbitmq_up.clone()
+    }
+
+    /// Stops serving.
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 }

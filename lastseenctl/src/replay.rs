@@ -5,10 +5,10 @@
 
 use anyhow::Context;
 use clap::Args;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::AMQPValue;
 use lastseen::CheckMessage;
-use lastseen::amqp::{self, no_args};
+use lastseen::amqp;
 use lastseen::config::AmqpArgs;
 use lastseen::topology::{CHECK_ROUTING_KEY, Topology, TopologyArgs};
 
@@ -62,18 +62,9 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<Replayed> {
     let connection = amqp::connect(&args.amqp.amqp_url, "replay-dead-letters").await?;
     let channel = amqp::confirm_channel(&connection).await?;
     topology.declare(&channel).await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let waiting = channel
-        .queue_declare(
-            topology.dead_letter_queue.as_str().into(),
-            passive,
-            no_args(),
-        )
+    let waiting = amqp::queue_counts(&channel, &topology.dead_letter_queue)
         .await?
-        .message_count();
+        .ready;
     let limit = args.limit.unwrap_or(u64::from(waiting));
     let mut replayed = Replayed {
         messages: 0,

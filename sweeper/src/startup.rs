@@ -3,10 +3,10 @@
 
 use lastseen::contract::metric;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use lastseen::ops::{self, Dependency, OpsServer, ReadinessProbe};
+use lastseen::ops::WorkerOps;
 use lastseen::session::SessionKeeper;
 use lastseen::store::notifications;
 use lastseen::topology::Topology;
@@ -48,21 +48,11 @@ impl Application {
         let config = self.config;
         // Cancelled by the signal, or by the relay when no retry can fix its error.
         let shutdown = shutdown.child_token();
-        // Health and metrics first, so a probe sees the process while it waits for PostgreSQL.
-        let database = Arc::new(OnceLock::new());
-        let relay_connected = Arc::new(AtomicBool::new(false));
-        let ops = OpsServer::bind(
-            config.metrics_addr,
-            readiness(database.clone(), relay_connected.clone()),
-        )
-        .await?
-        .spawn();
-        let pool = match lastseen::db::connect_and_migrate(&config.database, &shutdown).await {
-            Ok(pool) => pool,
-            Err(lastseen::db::DbError::Cancelled) => return Ok(()),
-            Err(err) => return Err(err.into()),
+        let ops = WorkerOps::serve(config.metrics_addr, "the notification relay is not connected")
+            .await?;
+        let Some(pool) = ops.connect_database(&config.database, &shutdown).await? else {
+            return Ok(());
         };
-        let _ = database.set(pool.clone());
         let topology = Topology::new(&config.topology);
         let sessions = SessionKeeper::new(&config.amqp.amqp_url, "sweeper", topology.clone());
         // An error no retry can fix (refused credentials) stops the sweeper like a signal.
@@ -89,7 +79,7 @@ impl Application {
             relay,
             pool.clone(),
             expired.clone(),
-            relay_connected,
+            ops.rabbitmq_up(),
             shutdown.clone(),
         ));
         let webhook_task = webhook_settings(&config)
@@ -200,19 +190,4 @@ async fn relay_outbox(
         }
     }
     relay.close().await;
-}
-
-/// Ready when PostgreSQL answers and the relay holds a RabbitMQ connection.
-fn readiness(database: Arc<OnceLock<PgPool>>, relay_connected: Arc<AtomicBool>) -> ReadinessProbe {
-    Arc::new(move || {
-        let (database, relay_connected) = (database.clone(), relay_connected.clone());
-        Box::pin(async move {
-            let rabbitmq = if relay_connected.load(Ordering::Relaxed) {
-                Dependency::ok("rabbitmq")
-            } else {
-                Dependency::failing("rabbitmq", "the notification relay is not connected")
-            };
-            vec![ops::postgres_once_connected(&database).await, rabbitmq]
-        })
-    })
 }

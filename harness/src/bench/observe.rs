@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use lapin::options::QueueDeclareOptions;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::load::{LoadCounters, Tracked};
 use super::usage::{Usage, UsageSampler};
+use crate::broker_admin::BrokerAdmin;
 use tester::serve::delay_for_id;
 
 /// Longest wait for the backlog to drain after the load stops.
@@ -85,8 +85,7 @@ impl Observer {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(800))
             .build()?;
-        let amqp = lastseen::amqp::connect(&self.amqp_url, "bench-observer").await?;
-        let channel = amqp.create_channel().await?;
+        let broker = BrokerAdmin::new(&self.amqp_url).with_management(&self.management_url)?;
         let mut sampler = UsageSampler::new();
         let started = Instant::now();
         let bar = ProgressBar::new(load_for.as_secs());
@@ -147,7 +146,7 @@ impl Observer {
                 _ = every_second.tick() => {
                     sampler.sample(&pids);
                     let t = started.elapsed();
-                    let ready = self.ready(&channel).await.unwrap_or(0);
+                    let ready = broker.counts(&self.checks_queue).await.map_or(0, |c| c.ready);
                     let sim = self.simulator(&http).await;
                     let in_flight = sim.as_ref().map_or(0, |s| s.0);
                     peak_in_flight = peak_in_flight.max(sim.as_ref().map_or(0, |s| s.1));
@@ -156,7 +155,7 @@ impl Observer {
                         ids_accepted: counters.ids_accepted.load(Ordering::Relaxed),
                         ids_stored: self.stored().await.unwrap_or(stored_base).saturating_sub(stored_base),
                         ready,
-                        unacked: self.unacked(&http).await,
+                        unacked: broker.queue(&self.checks_queue).await.ok().and_then(|q| q.messages_unacknowledged),
                         in_flight,
                         lag_p99_ms: (!lag_second.is_empty()).then(|| lag_second.value_at_quantile(0.99) as f64 / 1000.0),
                     };
@@ -188,8 +187,7 @@ impl Observer {
         if let (Some(last), Ok(stored)) = (samples.last_mut(), self.stored().await) {
             last.ids_stored = stored.saturating_sub(stored_base);
         }
-        let _ = channel.close(200, "done".into()).await;
-        let _ = amqp.close(200, "done".into()).await;
+        broker.close().await;
         lag_lost += pending.len() as u64;
         Ok(Observed {
             samples,
@@ -209,39 +207,6 @@ impl Observer {
         .fetch_optional(&self.pool)
         .await?;
         Ok(n.unwrap_or(0).max(0) as u64)
-    }
-
-    async fn ready(&self, channel: &lapin::Channel) -> anyhow::Result<u32> {
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let queue = channel
-            .queue_declare(
-                self.checks_queue.as_str().into(),
-                options,
-                Default::default(),
-            )
-            .await?;
-        Ok(queue.message_count())
-    }
-
-    /// Unacked messages from the management API (refreshed by RabbitMQ every ~5 s).
-    async fn unacked(&self, http: &reqwest::Client) -> Option<u64> {
-        let url = format!(
-            "{}/api/queues/%2F/{}",
-            self.management_url, self.checks_queue
-        );
-        let body: serde_json::Value = http
-            .get(url)
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        body["messages_unacknowledged"].as_u64()
     }
 
     /// (in flight, sum of the peaks in flight) over the status simulators.

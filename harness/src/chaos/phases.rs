@@ -17,7 +17,7 @@ use super::ground_truth::GroundTruth;
 use tester::callback::{CallbackClient, ORIGINAL_TIMEOUT};
 
 use super::load::{self, LoadShape};
-use super::queues::{self, QueueWatch};
+use super::queues::QueueWatch;
 use super::recovery::Prober;
 use super::report::{ChaosResult, LoadSettings, QueueDepth};
 use super::{ChaosArgs, STOP_GRACE, dead_letters, logs, tools, verify};
@@ -79,7 +79,11 @@ impl Setup<'_> {
             self.database.database_url()
         );
         self.start_processes(pipeline).await?;
-        let queues = Arc::new(QueueWatch::new(&self.broker.management_url(), PREFIX)?);
+        let queues = Arc::new(QueueWatch::new(
+            &self.broker.amqp_url(),
+            &self.broker.management_url(),
+            PREFIX,
+        )?);
         queues
             .wait_consumers(CONSUMERS.len() as u64, READY_LIMIT)
             .await?;
@@ -162,8 +166,9 @@ impl Setup<'_> {
             );
         }
         let amqp_url = self.broker.amqp_url();
-        let final_depths = queues::exact_depths(&amqp_url, &work_and_retry)
-            .await?
+        let final_depths = queues
+            .exact_depths(&work_and_retry)
+            .await
             .into_iter()
             .map(|(queue, depth)| QueueDepth {
                 queue,

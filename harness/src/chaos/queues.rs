@@ -1,14 +1,13 @@
 //! The work and retry queues as the suite watches them: depths and the redelivery counter
 //! from the chaos node's management API while the run goes on, and at the end an exact
-//! count with an AMQP passive declare once no consumer holds anything unacked.
+//! count over AMQP once no consumer holds anything unacked.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use lapin::options::QueueDeclareOptions;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+
+use crate::broker_admin::{BrokerAdmin, QueueInfo};
 
 /// How often the redelivery counter is read. RabbitMQ refreshes it every second (the
 /// node's `collect_statistics_interval`).
@@ -18,26 +17,6 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// drained: a retry in its TTL wait shows in its retry queue, but a message moving
 /// between queues may briefly show nowhere.
 const DRAINED_SAMPLES: u32 = 3;
-
-/// One queue as the management API describes it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct QueueInfo {
-    pub name: String,
-    /// Ready + unacked.
-    #[serde(default)]
-    pub messages: u64,
-    #[serde(default)]
-    pub consumers: u64,
-    #[serde(default)]
-    message_stats: Option<MessageStats>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct MessageStats {
-    /// Deliveries to consumers flagged `redelivered` since the node started.
-    #[serde(default)]
-    redeliver: Option<u64>,
-}
 
 /// The counter of redeliveries, kept across broker restarts (which zero RabbitMQ's).
 #[derive(Debug, Default)]
@@ -59,20 +38,15 @@ impl Tally {
 
 /// Watches the work queue `{prefix}.checks` and the retry queues `{prefix}.checks.retry.*`.
 pub struct QueueWatch {
-    http: reqwest::Client,
-    queues_url: String,
+    broker: BrokerAdmin,
     prefix: String,
     redeliveries: Mutex<Tally>,
 }
 
 impl QueueWatch {
-    pub fn new(management_url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?;
+    pub fn new(amqp_url: &str, management_url: &str, prefix: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            http,
-            queues_url: format!("{management_url}/api/queues/%2F"),
+            broker: BrokerAdmin::new(amqp_url).with_management(management_url)?,
             prefix: prefix.to_owned(),
             redeliveries: Mutex::new(Tally::default()),
         })
@@ -90,15 +64,7 @@ impl QueueWatch {
 
     /// Every queue of the node.
     pub async fn queues(&self) -> anyhow::Result<Vec<QueueInfo>> {
-        self.http
-            .get(&self.queues_url)
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await
-            .context("unreadable answer of the management API")
+        self.broker.queues().await
     }
 
     /// Messages (ready + unacked) in the work and retry queues.
@@ -144,8 +110,7 @@ impl QueueWatch {
         let value = queues
             .iter()
             .find(|q| q.name == work)
-            .and_then(|q| q.message_stats.as_ref())
-            .and_then(|s| s.redeliver);
+            .and_then(QueueInfo::redelivered);
         if let Some(value) = value {
             self.tally().update(value);
         }
@@ -196,33 +161,23 @@ impl QueueWatch {
         }
         None
     }
-}
 
-/// Exact message counts of `queues` by AMQP passive declare. With no consumer attached,
-/// every message is ready and so counted; a missing queue reads as an error.
-pub async fn exact_depths(
-    amqp_url: &str,
-    queues: &[String],
-) -> anyhow::Result<Vec<(String, Result<u32, String>)>> {
-    let conn = lastseen::amqp::connect(amqp_url, "chaos-verifier").await?;
-    let mut depths = Vec::new();
-    for queue in queues {
-        // A failed passive declare closes its channel: one channel per queue.
-        let channel = conn.create_channel().await?;
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let depth = channel
-            .queue_declare(queue.as_str().into(), options, Default::default())
-            .await
-            .map(|q| q.message_count())
-            .map_err(|err| err.to_string());
-        let _ = channel.close(200, "counted".into()).await;
-        depths.push((queue.clone(), depth));
+    /// Exact message counts of `queues` over AMQP. With no consumer attached, every
+    /// message is ready and so counted; a missing queue reads as an error.
+    pub async fn exact_depths(&self, queues: &[String]) -> Vec<(String, Result<u32, String>)> {
+        let mut depths = Vec::new();
+        for queue in queues {
+            let depth = self
+                .broker
+                .counts(queue)
+                .await
+                .map(|counts| counts.ready)
+                .map_err(|err| format!("{err:#}"));
+            depths.push((queue.clone(), depth));
+        }
+        self.broker.close().await;
+        depths
     }
-    let _ = conn.close(200, "done".into()).await;
-    Ok(depths)
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
 //! What a JSON value means as an object id, judged without the producer's parser, for the
-//! property tests (`tests/hostile_input.rs`) and the fuzz target (`fuzz/`, which includes
-//! this file by path).
+//! property tests (`e2e/tests/it/hostile_input.rs`) and the fuzz target (`fuzz/`).
 //!
 //! A whole number is an id whatever its spelling (`7`, `7.0`, `0.7e1`), as JSON Schema
 //! has it. The judge reads plain integers exactly, and other numbers through Rust's

@@ -1,0 +1,160 @@
+//! The broker as a harness or test inspects it: exact counts of a queue over AMQP (a
+//! passive declare) and the management API's view of every queue (unacked messages,
+//! consumers, the redelivery counter). One client for chaos, bench and the e2e tests.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use lapin::Connection;
+use lastseen::amqp::QueueCounts;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+/// Longest wait for one answer of the management API.
+const MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One queue as the management API describes it (RabbitMQ refreshes these figures every
+/// `collect_statistics_interval`, 5 s by default).
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueueInfo {
+    pub name: String,
+    /// Ready + unacked.
+    #[serde(default)]
+    pub messages: u64,
+    /// Absent until the node has collected its first statistics.
+    #[serde(default)]
+    pub messages_unacknowledged: Option<u64>,
+    #[serde(default)]
+    pub consumers: u64,
+    #[serde(default)]
+    message_stats: Option<MessageStats>,
+}
+
+impl QueueInfo {
+    /// Deliveries to consumers flagged `redelivered` since the node started.
+    pub fn redelivered(&self) -> Option<u64> {
+        self.message_stats.as_ref().and_then(|s| s.redeliver)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct MessageStats {
+    #[serde(default)]
+    redeliver: Option<u64>,
+}
+
+/// A read-only look at one broker: AMQP for exact counts, the management API for the rest.
+/// The AMQP connection is opened on first use and again after the broker restarts.
+pub struct BrokerAdmin {
+    amqp_url: String,
+    connection: Mutex<Option<Connection>>,
+    management: Option<Management>,
+}
+
+/// The management API of the broker's virtual host, with the AMQP URL's credentials.
+struct Management {
+    http: reqwest::Client,
+    /// `{base}/api/queues/{vhost}`.
+    queues_url: String,
+    user: String,
+    password: String,
+}
+
+impl BrokerAdmin {
+    /// Inspects the broker at `amqp_url` over AMQP only.
+    pub fn new(amqp_url: &str) -> Self {
+        Self {
+            amqp_url: amqp_url.to_owned(),
+            connection: Mutex::new(None),
+            management: None,
+        }
+    }
+
+    /// Also reads the management API at `management_url` (e.g. `http://127.0.0.1:15672`),
+    /// as the AMQP URL's user, in its virtual host.
+    pub fn with_management(mut self, management_url: &str) -> anyhow::Result<Self> {
+        let amqp = reqwest::Url::parse(&self.amqp_url).context("AMQP URL is not a URL")?;
+        let user = match amqp.username() {
+            "" => "guest".to_owned(),
+            user => user.to_owned(),
+        };
+        let password = amqp.password().unwrap_or("guest").to_owned();
+        // The default virtual host is `/`, which the API spells `%2F`; any other is
+        // already percent-encoded in the AMQP URL's path.
+        let vhost = match amqp.path().trim_start_matches('/') {
+            "" => "%2F",
+            named => named,
+        };
+        self.management = Some(Management {
+            http: reqwest::Client::builder()
+                .timeout(MANAGEMENT_TIMEOUT)
+                .build()?,
+            queues_url: format!(
+                "{}/api/queues/{vhost}",
+                management_url.trim_end_matches('/')
+            ),
+            user,
+            password,
+        });
+        Ok(self)
+    }
+
+    /// `queue`'s ready messages and consumers, exact at the moment of asking. With no
+    /// consumer attached every message is ready, so counted.
+    pub async fn counts(&self, queue: &str) -> anyhow::Result<QueueCounts> {
+        let mut connection = self.connection.lock().await;
+        if !connection.as_ref().is_some_and(|c| c.status().connected()) {
+            *connection = Some(lastseen::amqp::connect(&self.amqp_url, "broker-admin").await?);
+        }
+        let connection = connection
+            .as_ref()
+            .expect("the connection was opened just above");
+        // A passive declare of a missing queue closes its channel: one channel a question.
+        let channel = connection.create_channel().await?;
+        let counts = lastseen::amqp::queue_counts(&channel, queue).await;
+        if counts.is_ok() {
+            let _ = channel.close(200, "counted".into()).await;
+        }
+        counts.with_context(|| format!("cannot count queue {queue}"))
+    }
+
+    /// Every queue of the virtual host, from the management API.
+    pub async fn queues(&self) -> anyhow::Result<Vec<QueueInfo>> {
+        self.management_get("").await
+    }
+
+    /// One queue, from the management API.
+    pub async fn queue(&self, name: &str) -> anyhow::Result<QueueInfo> {
+        self.management_get(&format!("/{name}")).await
+    }
+
+    async fn management_get<T: serde::de::DeserializeOwned>(
+        &self,
+        below_queues: &str,
+    ) -> anyhow::Result<T> {
+        let management = self.management()?;
+        management
+            .http
+            .get(format!("{}{below_queues}", management.queues_url))
+            .basic_auth(&management.user, Some(&management.password))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await
+            .context("unreadable answer of the management API")
+    }
+
+    fn management(&self) -> anyhow::Result<&Management> {
+        self.management
+            .as_ref()
+            .context("no management URL was given to the broker admin")
+    }
+
+    /// Closes the AMQP connection, if one is open.
+    pub async fn close(&self) {
+        if let Some(connection) = self.connection.lock().await.take() {
+            let _ = connection.close(200, "done".into()).await;
+        }
+    }
+}
