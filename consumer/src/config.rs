@@ -11,7 +11,7 @@ use lastseen::topology::TopologyArgs;
 #[command(name = "consumer", version, args_override_self = true)]
 pub struct Config {
     /// Base URL of the status service; ids are checked at `{STATUS_URL}/objects/{id}`.
-    #[arg(long, env = "STATUS_URL", default_value = "http://127.0.0.1:9010", value_parser = parse_status_url)]
+    #[arg(long, env = "STATUS_URL", hide_env_values = true, default_value = "http://127.0.0.1:9010", value_parser = parse_status_url)]
     pub status_url: reqwest::Url,
 
     /// How long one status call may take before it counts as failed (milliseconds).

@@ -9,6 +9,6 @@ mod status;
 mod writer;
 
 pub use config::Config;
-pub use retry::RetryPolicy;
+pub use retry::{Retrier, RetryPolicy};
 pub use startup::Application;
 pub use status::{CheckError, StatusClient};

@@ -45,8 +45,7 @@ pub struct Retrier {
     pub channel: Channel,
     pub topology: Topology,
     pub policy: RetryPolicy,
-    /// One publish at a time: lapin cannot tell which publish a returned (unroutable)
-    /// message belongs to, so only one may be awaiting its confirm.
+    /// One publish at a time (see [`Self::publish_confirmed`]).
     publishing: tokio::sync::Mutex<()>,
 }
 
@@ -77,9 +76,7 @@ impl Retrier {
         let delay = self.policy.delay(attempt);
         let queue = self.topology.retry_queue(delay);
         let properties = amqp::with_request_id(with_headers(attempt + 1, reason), request_id);
-        let _one_at_a_time = self.publishing.lock().await;
-        amqp::publish_mandatory(&self.channel, "", &queue, &body, properties)
-            .await?
+        self.publish_confirmed("", &queue, &body, properties)
             .await?;
         Ok(Outcome::Retried { delay })
     }
@@ -93,15 +90,25 @@ impl Retrier {
         reason: &str,
         request_id: Option<&str>,
     ) -> Result<(), AmqpError> {
-        amqp::publish_mandatory(
-            &self.channel,
-            &self.topology.dead_letter_exchange,
-            "",
-            body,
-            amqp::with_request_id(with_headers(attempts, reason), request_id),
-        )
-        .await?
-        .await
+        let properties = amqp::with_request_id(with_headers(attempts, reason), request_id);
+        self.publish_confirmed(&self.topology.dead_letter_exchange, "", body, properties)
+            .await
+    }
+
+    /// Publishes one message and waits for its confirm, alone on the channel: RabbitMQ
+    /// may ack several publishes at once, and lapin then hands a returned message to any
+    /// one of them, so only one publish may be awaiting its confirm.
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), AmqpError> {
+        let _one_at_a_time = self.publishing.lock().await;
+        amqp::publish_mandatory(&self.channel, exchange, routing_key, body, properties)
+            .await?
+            .await
     }
 }
 

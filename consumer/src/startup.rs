@@ -1,8 +1,8 @@
 //! Running the consumer: connect (and reconnect) to RabbitMQ and PostgreSQL, consume
 //! the work queue, and on shutdown drain in-flight checks within a bound.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;

@@ -9,11 +9,9 @@ use serde::Deserialize;
 /// Why a status check gave no answer to act on; the message is then retried.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("status service unreachable for id {id}: {source}")]
-    Unreachable {
-        id: ObjectId,
-        source: reqwest::Error,
-    },
+    /// `reason` holds the causes, never the URL (it may carry a password).
+    #[error("status service unreachable for id {id}: {reason}")]
+    Unreachable { id: ObjectId, reason: String },
     #[error("status service timed out for id {id}")]
     Timeout { id: ObjectId },
     #[error("status service answered {status} for id {id}")]
@@ -61,7 +59,10 @@ impl StatusClient {
             if source.is_timeout() {
                 CheckError::Timeout { id }
             } else {
-                CheckError::Unreachable { id, source }
+                CheckError::Unreachable {
+                    id,
+                    reason: lastseen::config::error_line(&source.without_url()),
+                }
             }
         })?;
         let status = response.status();
@@ -75,7 +76,10 @@ impl StatusClient {
             if source.is_timeout() {
                 CheckError::Timeout { id }
             } else {
-                CheckError::Unreachable { id, source }
+                CheckError::Unreachable {
+                    id,
+                    reason: lastseen::config::error_line(&source.without_url()),
+                }
             }
         })?;
         let answer: StatusAnswer =

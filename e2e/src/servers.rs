@@ -56,7 +56,7 @@ impl ServerUrl {
     pub fn parse(url: &str) -> Self {
         let (scheme, rest) = url
             .split_once("://")
-            .unwrap_or_else(|| panic!("not a URL: {}", lastseen::amqp::redact(url)));
+            .unwrap_or_else(|| panic!("not a URL: {}", lastseen::config::redact_url(url)));
         let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, path_and_query) = rest.split_at(authority_end);
         let (userinfo, host) = match authority.rsplit_once('@') {

@@ -85,7 +85,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
         .await
         .map_err(|source| match AmqpError::from(source) {
             AmqpError::Protocol(source) => AmqpError::Connect {
-                url: redact(url),
+                url: crate::config::redact_url(url),
                 source,
             },
             refused => refused,
@@ -190,32 +190,4 @@ pub async fn publish_mandatory(
 /// An empty argument table.
 pub fn no_args() -> FieldTable {
     FieldTable::default()
-}
-
-/// Hides the password of a URL before it is logged or shown.
-pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}:***@{host}")
-            }
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn redact_hides_the_password_only() {
-        assert_eq!(
-            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
-    }
 }

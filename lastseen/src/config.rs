@@ -35,6 +35,7 @@ pub fn load<T: Parser>() -> T {
 }
 
 /// Turns clap's multi-line report into a single line that names the environment variable.
+/// A URL's password, and the value of a setting named like a secret, are never shown.
 pub fn one_line_error(err: &clap::Error) -> String {
     let rendered = err.to_string();
     let first = rendered
@@ -46,12 +47,12 @@ pub fn one_line_error(err: &clap::Error) -> String {
         Some(ContextValue::String(s)) => Some(s.as_str()),
         _ => None,
     };
-    match (err.kind(), arg) {
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(s)) => s.as_str(),
+        _ => "",
+    };
+    let line = match (err.kind(), arg) {
         (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(arg)) => {
-            let value = match err.get(ContextKind::InvalidValue) {
-                Some(ContextValue::String(s)) => s.as_str(),
-                _ => "",
-            };
             let reason = first.rsplit_once(": ").map_or(first, |(_, r)| r);
             format!(
                 "invalid configuration: {} ({}): invalid value '{value}': {reason}",
@@ -60,6 +61,46 @@ pub fn one_line_error(err: &clap::Error) -> String {
             )
         }
         _ => format!("invalid configuration: {first}"),
+    };
+    if value.is_empty() {
+        return line;
+    }
+    let secret_setting = arg.is_some_and(|arg| {
+        let name = env_name(arg);
+        name.contains("SECRET") || name.contains("PASSWORD") || name.contains("KEY")
+    });
+    let shown = if secret_setting {
+        "***".to_owned()
+    } else {
+        redact_url(value)
+    };
+    line.replace(value, &shown)
+}
+
+/// `url` with the password of its user info replaced by `***`; anything else as it is.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            // The user info ends at the last `@` before the path.
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_end].rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split(':').next().unwrap_or("");
+                    let hidden = if userinfo.contains(':') { ":***" } else { "" };
+                    format!("{scheme}://{user}{hidden}@{host}{}", &rest[authority_end..])
+                }
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Only the scheme, host and port of `url` (a webhook's path or query is often its key).
+pub fn url_origin(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) => parsed.origin().ascii_serialization(),
+        Err(_) => "(not a URL)".to_owned(),
     }
 }
 
@@ -83,19 +124,44 @@ pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err:#}");
+            let message = causes_once(err.chain());
+            tracing::error!("{message}");
             match err.chain().find_map(|e| e.downcast_ref::<Misconfigured>()) {
                 Some(refused) => {
                     eprintln!("{refused}");
                     ExitCode::from(BAD_CONFIG_EXIT)
                 }
                 None => {
-                    eprintln!("error: {err:#}");
+                    eprintln!("error: {message}");
                     ExitCode::FAILURE
                 }
             }
         }
     }
+}
+
+/// An error and its causes on one line, `outer: cause: cause`, leaving out a cause whose
+/// text the line already holds (many errors repeat their source in their own message).
+pub fn causes_once<'a>(
+    chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut line = String::new();
+    for cause in chain {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// `err` and its causes on one line, as [`causes_once`] gives them.
+pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
+    causes_once(std::iter::successors(Some(err), |e| e.source()))
 }
 
 /// `--object-ttl-secs <OBJECT_TTL_SECS>` -> `OBJECT_TTL_SECS`.
@@ -114,7 +180,7 @@ fn flag_name(arg: &str) -> &str {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL connection URL; the database is created and migrated at start if missing.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres:postgres@127.0.0.1:5432/lastseen", value_parser = parse_database_url)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = "postgres://postgres:postgres@127.0.0.1:5432/lastseen", value_parser = parse_database_url)]
     pub database_url: String,
 
     /// Maximum connections in this process's PostgreSQL pool.
@@ -126,7 +192,7 @@ pub struct DatabaseArgs {
 #[derive(Debug, Clone, Args)]
 pub struct AmqpArgs {
     /// RabbitMQ (AMQP 0-9-1) connection URL.
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", value_parser = parse_amqp_url)]
+    #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", value_parser = parse_amqp_url)]
     pub amqp_url: String,
 }
 
@@ -167,4 +233,48 @@ pub fn parse_positive_millis(s: &str) -> Result<std::time::Duration, String> {
         return Err("must be at least 1".into());
     }
     Ok(std::time::Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{causes_once, redact_url, url_origin};
+
+    #[test]
+    fn redact_url_hides_the_password_only() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
+        assert_eq!(
+            redact_url("http://h/path?to=a@b"),
+            "http://h/path?to=a@b",
+            "an @ after the host is not user info"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn url_origin_drops_user_path_and_query() {
+        assert_eq!(
+            url_origin("https://u:pw@hooks.example.org:8443/T0/secret?key=k"),
+            "https://hooks.example.org:8443"
+        );
+    }
+
+    #[test]
+    fn causes_once_leaves_out_a_cause_the_line_already_holds() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot listen on 127.0.0.1:1: {source}")]
+        struct Outer {
+            source: std::io::Error,
+        }
+        let err = anyhow::Error::from(Outer {
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        })
+        .context("starting");
+        let line = causes_once(err.chain());
+        assert_eq!(line.matches("address in use").count(), 1, "{line}");
+        assert!(line.starts_with("starting: cannot listen"), "{line}");
+    }
 }

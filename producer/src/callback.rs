@@ -12,8 +12,9 @@ use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{PartialSchema, ToSchema};
 
-/// Longest TTL a callback may give its objects: a year, in seconds.
-pub const MAX_TTL_SECS: u32 = 31_536_000;
+/// Longest TTL a callback can spell at all: a year, in seconds (`MAX_TTL_SECS` sets the
+/// producer's own, lower, limit).
+pub const LONGEST_TTL_SECS: u32 = 31_536_000;
 
 /// `{"object_ids":[1,2,3]}`: ids are integers from 0 to 2^63-1, duplicates allowed; an
 /// optional `"ttl_secs": N` sets how long after a sighting these objects expire.
@@ -23,14 +24,15 @@ pub struct CallbackRequest {
     #[serde(deserialize_with = "exact_object_ids")]
     #[schema(value_type = Vec<ObjectIdSchema>)]
     pub object_ids: Vec<ObjectId>,
-    /// Seconds after a sighting these objects expire, 1 to 31,536,000 (a year). Absent or
-    /// null: the consumers' `OBJECT_TTL_SECS` (30 by default).
+    /// Seconds after a sighting these objects expire, 1 to 31,536,000 (a year) and at most
+    /// the producer's `MAX_TTL_SECS` (7 days by default). Absent or null: the consumers'
+    /// `OBJECT_TTL_SECS` (30 by default).
     #[serde(default, deserialize_with = "ttl_in_range")]
     #[schema(minimum = 1, maximum = 31_536_000, nullable)]
     pub ttl_secs: Option<u32>,
 }
 
-/// A TTL is a whole number of seconds from 1 to [`MAX_TTL_SECS`] in any JSON spelling
+/// A TTL is a whole number of seconds from 1 to [`LONGEST_TTL_SECS`] in any JSON spelling
 /// (`60`, `60.0`, `6e1`: all integers to JSON Schema), read exactly like an id; or null.
 fn ttl_in_range<'de, D: Deserializer<'de>>(ttl: D) -> Result<Option<u32>, D::Error> {
     let literal = <&'de RawValue>::deserialize(ttl)?;
@@ -39,7 +41,7 @@ fn ttl_in_range<'de, D: Deserializer<'de>>(ttl: D) -> Result<Option<u32>, D::Err
     }
     exact_object_id(literal.get())
         .and_then(|secs| u32::try_from(secs.get()).ok())
-        .filter(|secs| (1..=MAX_TTL_SECS).contains(secs))
+        .filter(|secs| (1..=LONGEST_TTL_SECS).contains(secs))
         .map(Some)
         .ok_or_else(|| {
             D::Error::invalid_value(

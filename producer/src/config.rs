@@ -43,6 +43,11 @@ pub struct Config {
     #[arg(long, env = "SPOOL_MAX_IDS", default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub spool_max_ids: u64,
 
+    /// Longest `ttl_secs` a callback may give (seconds); a callback above it gets 422
+    /// `ttl_too_long`. Bounds how long one client can keep an object from expiring.
+    #[arg(long, env = "MAX_TTL_SECS", default_value_t = 604_800, value_parser = clap::value_parser!(u32).range(1..=31_536_000))]
+    pub max_ttl_secs: u32,
+
     /// Confirm-mode channels the producer spreads its publishes over.
     #[arg(long, env = "PUBLISH_CHANNELS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub publish_channels: u32,

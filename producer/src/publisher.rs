@@ -102,12 +102,19 @@ impl CallbackPublisher {
         let channels = self.channels_of(&session);
         let slots = &channels.slots;
         let start = self.next_channel.fetch_add(1, Ordering::Relaxed);
-        // Borrow a free slot if there is one, else wait for the next in turn.
-        let mut slot =
-            match (0..slots.len()).find_map(|i| slots[(start + i) % slots.len()].try_lock().ok()) {
-                Some(guard) => guard,
-                None => slots[start % slots.len()].lock().await,
-            };
+        // Borrow a free slot if there is one, else wait for the next in turn, within the
+        // bound: a slot may be held by a publish whose confirms are late (the drain's
+        // bound is 30 s), and this callback is better spooled than kept waiting.
+        let free = (0..slots.len()).find_map(|i| slots[(start + i) % slots.len()].try_lock().ok());
+        let mut slot = match free {
+            Some(guard) => guard,
+            None => {
+                let remaining = bound.saturating_sub(started.elapsed());
+                tokio::time::timeout(remaining, slots[start % slots.len()].lock())
+                    .await
+                    .map_err(|_| PublishError::Timeout)?
+            }
+        };
         let channel = match slot.as_ref().filter(|c| c.status().connected()) {
             Some(channel) => channel.clone(),
             None => {

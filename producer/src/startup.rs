@@ -68,6 +68,7 @@ impl Application {
                 publish_timeout: config.publish_timeout_ms,
                 max_body_bytes: config.max_body_bytes,
                 body_timeout: config.request_body_timeout_ms,
+                max_ttl_secs: config.max_ttl_secs,
             },
             config.request_body_timeout_ms,
         );

@@ -31,7 +31,7 @@ pub struct Config {
     pub notification_retention_secs: u64,
 
     /// Also deliver every notification to this URL (POST, JSON, signed); unset: off.
-    #[arg(long, env = "NOTIFY_WEBHOOK_URL", requires = "notify_webhook_secret", value_parser = parse_webhook_url)]
+    #[arg(long, env = "NOTIFY_WEBHOOK_URL", hide_env_values = true, requires = "notify_webhook_secret", value_parser = parse_webhook_url)]
     pub notify_webhook_url: Option<String>,
 
     /// The key of the webhook's HMAC-SHA256 signature (header `x-lastseen-signature`).

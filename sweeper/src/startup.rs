@@ -2,8 +2,8 @@
 //! shutdown finish the current batch.
 
 use lastseen::contract::metric;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lastseen::ops::WorkerOps;
@@ -48,8 +48,11 @@ impl Application {
         let config = self.config;
         // Cancelled by the signal, or by the relay when no retry can fix its error.
         let shutdown = shutdown.child_token();
-        let ops = WorkerOps::serve(config.metrics_addr, "the notification relay is not connected")
-            .await?;
+        let ops = WorkerOps::serve(
+            config.metrics_addr,
+            "the notification relay is not connected",
+        )
+        .await?;
         let Some(pool) = ops.connect_database(&config.database, &shutdown).await? else {
             return Ok(());
         };

@@ -57,7 +57,10 @@ pub async fn run(settings: WebhookSettings, pool: PgPool, shutdown: Cancellation
             return;
         }
     };
-    tracing::info!(url = %settings.url, "delivering notifications to the webhook");
+    tracing::info!(
+        url = %lastseen::config::url_origin(&settings.url),
+        "delivering notifications to the webhook"
+    );
     while !shutdown.is_cancelled() {
         let pause = match round(&settings, &client, &pool).await {
             Ok(0) => POLL,
@@ -148,7 +151,12 @@ async fn deliver(settings: &WebhookSettings, client: &reqwest::Client, row: Webh
     let error = match sent {
         Ok(response) if response.status().is_success() => None,
         Ok(response) => Some(format!("the webhook answered {}", response.status())),
-        Err(err) => Some(format!("the webhook could not be reached: {err}")),
+        // Never the URL: its user info, path or query may be the receiver's key, and
+        // `webhook_error` is readable by analysts.
+        Err(err) => Some(format!(
+            "the webhook could not be reached: {}",
+            lastseen::config::error_line(&err.without_url())
+        )),
     };
     Attempt {
         id: row.id,

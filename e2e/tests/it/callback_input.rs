@@ -115,6 +115,50 @@ async fn callback_with_id_above_bigint_is_rejected_and_publishes_nothing() -> an
 }
 
 #[tokio::test]
+async fn callback_with_ttl_above_the_default_cap_is_rejected_and_publishes_nothing()
+-> anyhow::Result<()> {
+    // A year: within what a callback can spell, above the default MAX_TTL_SECS (7 days).
+    rejected(
+        JSON,
+        br#"{"object_ids": [1], "ttl_secs": 31536000}"#.to_vec(),
+        422,
+        "ttl_too_long",
+        &[],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn callback_with_ttl_above_max_ttl_secs_is_rejected_and_one_at_it_accepted()
+-> anyhow::Result<()> {
+    rejected(
+        JSON,
+        br#"{"object_ids": [1], "ttl_secs": 61}"#.to_vec(),
+        422,
+        "ttl_too_long",
+        &["--max-ttl-secs=60"],
+    )
+    .await?;
+    let mut env = TestEnv::start(Status::default()).await?;
+    let url = env.start_producer(&["--max-ttl-secs=60"]).await?;
+    let (status, answer) = post_callback(&url, JSON, r#"{"object_ids":[1],"ttl_secs":60}"#).await?;
+    assert_eq!(
+        (status, answer),
+        (202, json!({ "accepted": 1, "spooled": false }))
+    );
+    // The API document states the limit this producer enforces.
+    let document: serde_json::Value = reqwest::get(url.replace("/callback", "/openapi.json"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        document.pointer("/components/schemas/CallbackRequest/properties/ttl_secs/maximum"),
+        Some(&json!(60))
+    );
+    env.teardown().await
+}
+
+#[tokio::test]
 async fn callback_with_non_json_content_type_is_rejected_and_publishes_nothing()
 -> anyhow::Result<()> {
     rejected(

@@ -1,9 +1,22 @@
-//! A bad setting stops each real binary with one line naming it and exit code 2, and
-//! `--help` documents every setting with its environment variable.
+//! A bad setting stops each real binary with one line naming it and exit code 2,
+//! `--help` documents every setting with its environment variable, and neither shows a
+//! password or key a setting holds.
 
+use std::net::TcpListener;
 use std::path::PathBuf;
+use std::process::Command;
 
-use e2e::cli_checks::{assert_bad_setting_is_refused, assert_help_documents};
+use e2e::cli_checks::{
+    assert_bad_secret_setting_is_refused_unshown, assert_bad_setting_is_refused,
+    assert_help_documents, assert_secret_not_shown,
+};
+
+/// URLs of every kind a setting takes, each with the secret as its password.
+const SECRET_URLS: [(&str, &str); 3] = [
+    ("AMQP_URL", "amqp://u:secretpw@127.0.0.1:5672/%2f"),
+    ("DATABASE_URL", "postgres://u:secretpw@127.0.0.1/db"),
+    ("STATUS_URL", "http://u:secretpw@127.0.0.1:9010"),
+];
 
 fn binary(name: &str) -> PathBuf {
     e2e::process::binaries()
@@ -22,6 +35,16 @@ mod producer {
     #[test]
     fn bad_amqp_url_exits_2_naming_it() {
         assert_bad_setting_is_refused(&binary("producer"), "AMQP_URL", "http://rabbit");
+    }
+
+    #[test]
+    fn help_and_a_bad_url_never_show_its_password() {
+        assert_secret_not_shown(&binary("producer"), &["--help"], &SECRET_URLS);
+        assert_bad_secret_setting_is_refused_unshown(
+            &binary("producer"),
+            "AMQP_URL",
+            "amqp://u:secretpw@127.0.0.1:notaport/%2f",
+        );
     }
 
     #[test]
@@ -52,6 +75,34 @@ mod consumer {
     #[test]
     fn bad_amqp_url_exits_2_naming_it() {
         assert_bad_setting_is_refused(&binary("consumer"), "AMQP_URL", "http://rabbit");
+    }
+
+    #[test]
+    fn help_and_a_bad_url_never_show_its_password() {
+        assert_secret_not_shown(&binary("consumer"), &["--help"], &SECRET_URLS);
+        assert_bad_secret_setting_is_refused_unshown(
+            &binary("consumer"),
+            "DATABASE_URL",
+            "postgres://u:secretpw@127.0.0.1:notaport/db",
+        );
+    }
+
+    #[test]
+    fn an_error_prints_each_cause_once() {
+        let taken = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let addr = taken.local_addr().expect("a bound address");
+        let output = Command::new(binary("consumer"))
+            .env("METRICS_ADDR", addr.to_string())
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let error = stderr
+            .lines()
+            .find(|line| line.starts_with("error: "))
+            .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+        assert!(error.contains("METRICS_ADDR"), "{error}");
+        assert_eq!(error.matches("os error 98").count(), 1, "{error}");
     }
 
     #[test]
@@ -96,6 +147,19 @@ mod sweeper {
     #[test]
     fn bad_amqp_url_exits_2_naming_it() {
         assert_bad_setting_is_refused(&binary("sweeper"), "AMQP_URL", "http://rabbit");
+    }
+
+    #[test]
+    fn help_and_a_bad_url_never_show_the_webhook_url_or_secret() {
+        let mut settings = SECRET_URLS.to_vec();
+        settings.push(("NOTIFY_WEBHOOK_URL", "https://h.example/hooks/secretpw"));
+        settings.push(("NOTIFY_WEBHOOK_SECRET", "secretpw"));
+        assert_secret_not_shown(&binary("sweeper"), &["--help"], &settings);
+        assert_bad_secret_setting_is_refused_unshown(
+            &binary("sweeper"),
+            "NOTIFY_WEBHOOK_URL",
+            "ftp://u:secretpw@h.example/hook",
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod logs;
 mod operations;
 mod outages;
 mod pipeline;
+mod publishing;
 mod refused_settings;
 mod replay;
 mod retention;

@@ -116,9 +116,10 @@ async fn every_notification_reaches_the_webhook_signed_and_is_retried_after_a_fa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_webhook_ends_in_failed_and_never_holds_expiry() -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::default()).await?;
-    // Nothing listens on port 1.
+    // Nothing listens on port 1. The URL holds a password and a key, which analysts
+    // reading `webhook_error` must not see.
     env.start_sweeper(&[
-        "--notify-webhook-url=http://127.0.0.1:1/hook",
+        "--notify-webhook-url=http://hook:secretpw@127.0.0.1:1/hook/secretpw?key=secretpw",
         "--notify-webhook-secret=s3cret",
         "--notify-webhook-retry-base-ms=50",
         "--notify-webhook-max-attempts=3",
@@ -153,6 +154,7 @@ async fn a_dead_webhook_ends_in_failed_and_never_holds_expiry() -> anyhow::Resul
     .await?;
     assert_eq!(attempts, 3);
     assert!(error.contains("could not be reached"), "{error}");
+    assert!(!error.contains("secretpw"), "{error}");
     assert!(env.object_ids().await?.is_empty());
     env.teardown().await
 }

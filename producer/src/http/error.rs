@@ -29,6 +29,8 @@ pub enum CallbackError {
     RequestTimeout(Duration),
     #[error(transparent)]
     Invalid(#[from] BodyError),
+    #[error("ttl_secs {ttl} is above this producer's limit of {max} (MAX_TTL_SECS)")]
+    TtlTooLong { ttl: u32, max: u32 },
     #[error(
         "RabbitMQ is unavailable and the spool could not take the callback; retry it later: {0}"
     )]
@@ -49,6 +51,7 @@ impl CallbackError {
             Self::Invalid(BodyError::Shape(_)) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_callback")
             }
+            Self::TtlTooLong { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "ttl_too_long"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }

@@ -32,6 +32,8 @@ pub struct AppState {
     pub publish_timeout: Duration,
     pub max_body_bytes: u64,
     pub body_timeout: Duration,
+    /// `MAX_TTL_SECS`.
+    pub max_ttl_secs: u32,
 }
 
 /// The 202 answer: how many distinct ids were accepted, and whether they went to the
@@ -106,7 +108,8 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), CallbackError> {
         (status = 422, body = super::schemas::ErrorBody,
             description = "`invalid_callback`: JSON, but `object_ids` is missing, not an array, or \
                            holds an id that is negative, fractional, above 2^63-1 or not a number. \
-                           Nothing is published.",
+                           `ttl_too_long`: `ttl_secs` is above the producer's MAX_TTL_SECS \
+                           (7 days by default). Nothing is published.",
             example = json!({"error": "invalid_callback", "message": "invalid callback: invalid value: integer `-1`, expected an object id: an integer from 0 to 9223372036854775807 at line 1 column 17"})),
         (status = 503, body = super::schemas::ErrorBody,
             description = "`unavailable`: RabbitMQ could not take the callback and neither could the \
@@ -133,6 +136,12 @@ pub async fn callback(
         }
     })?;
     let request = CallbackRequest::parse(&body)?;
+    if let Some(ttl) = request.ttl_secs.filter(|ttl| *ttl > state.max_ttl_secs) {
+        return Err(CallbackError::TtlTooLong {
+            ttl,
+            max: state.max_ttl_secs,
+        });
+    }
     let ids = request.distinct_ids();
     let mut messages = check_messages(&ids, state.ids_per_message, Utc::now());
     let request_id = headers

@@ -29,12 +29,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// send its whole body.
 pub fn router(state: AppState, body_timeout: Duration) -> Router {
     let body_limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
+    let document: Arc<str> = openapi::document_json(state.max_ttl_secs).into();
     Router::new()
         .route("/callback", post(handlers::callback))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(lastseen::ops::metrics))
-        .route("/openapi.json", get(openapi::document))
+        .route(
+            "/openapi.json",
+            get(move || openapi::document(document.clone())),
+        )
         .layer(DefaultBodyLimit::max(body_limit))
         // A deadline on the whole body, not on the gap between bytes: a body trickled
         // at a byte a second must not hold the request open either.

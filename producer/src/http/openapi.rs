@@ -3,7 +3,7 @@
 //! described next to their handlers (`#[utoipa::path]` in `handlers`), the bodies in
 //! `schemas`; this module gathers them.
 
-use std::sync::LazyLock;
+use std::sync::Arc;
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -30,17 +30,19 @@ use crate::callback::ObjectIdSchema;
 )]
 pub struct ApiDoc;
 
-/// The document as JSON, built once: it is the same for the life of the process.
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document is plain data and always serializes")
-});
+/// The document as JSON for a producer whose `MAX_TTL_SECS` is `max_ttl_secs`: the
+/// `ttl_secs` maximum it states is the one this producer enforces.
+pub fn document_json(max_ttl_secs: u32) -> String {
+    let mut document = serde_json::to_value(ApiDoc::openapi())
+        .expect("the OpenAPI document is plain data and always serializes");
+    let maximum = document
+        .pointer_mut("/components/schemas/CallbackRequest/properties/ttl_secs/maximum")
+        .expect("the callback request schema states a ttl_secs maximum");
+    *maximum = serde_json::Value::from(max_ttl_secs);
+    serde_json::to_string_pretty(&document).expect("a JSON value always serializes")
+}
 
-/// `GET /openapi.json`: the document.
-pub async fn document() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        DOCUMENT.as_str(),
-    )
+/// `GET /openapi.json`: the document, built once at start.
+pub async fn document(json: Arc<str>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], json.to_string())
 }

@@ -21,8 +21,9 @@ pub struct ErrorBody {
 /// `unreadable_body` (400, the client broke off the body), `body_timeout` (408, the body
 /// took longer than REQUEST_BODY_TIMEOUT_MS), `request_timeout` (408, no answer in 30 s),
 /// `body_too_large` (413, over MAX_BODY_BYTES), `unsupported_media_type` (415, not
-/// application/json), `invalid_callback` (422, JSON but not a callback), `unavailable`
-/// (503, not accepted now; retry after Retry-After).
+/// application/json), `invalid_callback` (422, JSON but not a callback), `ttl_too_long`
+/// (422, `ttl_secs` above MAX_TTL_SECS), `unavailable` (503, not accepted now; retry after
+/// Retry-After).
 #[derive(ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -33,6 +34,7 @@ pub enum ErrorCode {
     BodyTooLarge,
     UnsupportedMediaType,
     InvalidCallback,
+    TtlTooLong,
     Unavailable,
 }
 
