@@ -10,8 +10,9 @@ FUZZ_SECS ?= 60
 run: services build
 	@scripts/run.sh
 
-## test: install/start the services if needed, then run the whole test suite
+## test: install/start the services if needed, then run the whole test suite (and services.sh's own paths, against stand-ins)
 test: services
+	@scripts/test-services.sh
 	@scripts/test.sh
 
 ## unit: the tests that need no PostgreSQL or RabbitMQ (the crates' own, and the binaries' command-line and log-format checks)
