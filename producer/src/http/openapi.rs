@@ -44,5 +44,8 @@ pub fn document_json(max_ttl_secs: u32) -> String {
 
 /// `GET /openapi.json`: the document, built once at start.
 pub async fn document(json: Arc<str>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], json.to_string())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json.to_string(),
+    )
 }
