@@ -31,11 +31,12 @@ build:
 build-harness: build
 	$(CARGO) build --release --locked -p harness
 
-## lint: formatting, clippy with warnings as errors, and no module dependency cycle inside any crate
+## lint: formatting, clippy with warnings as errors, no module dependency cycle inside any crate, the README's webhook verification example
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	python3 scripts/module_cycles.py .
+	python3 scripts/check_webhook_example.py README.md
 
 ## latency: callback latency of 200-id batches under load, with percentiles
 latency: services build-harness

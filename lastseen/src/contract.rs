@@ -69,11 +69,15 @@ pub mod header {
     pub const ATTEMPT: &str = "x-attempt";
     /// Why a message was dead-lettered (AMQP).
     pub const REASON: &str = "x-reason";
-    /// `sha256=<hex HMAC-SHA256 of the body under NOTIFY_WEBHOOK_SECRET>` (webhook).
-    pub const WEBHOOK_SIGNATURE: &str = "x-lastseen-signature";
+    /// The notification's id, the same on every attempt and the same as the AMQP
+    /// `message_id`: receivers de-duplicate on it (webhook; Standard Webhooks).
+    pub const WEBHOOK_ID: &str = "webhook-id";
+    /// Unix seconds when the attempt was sent; receivers refuse an old one, a replay
+    /// (webhook; Standard Webhooks).
+    pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
+    /// `v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}">` under the
+    /// key of NOTIFY_WEBHOOK_SECRET (webhook; Standard Webhooks).
+    pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
     /// The notification's routing key (webhook).
     pub const WEBHOOK_EVENT: &str = "x-lastseen-event";
-    /// The notification's id, the same as the AMQP `message_id`: receivers de-duplicate on
-    /// it (webhook).
-    pub const WEBHOOK_DELIVERY: &str = "x-lastseen-delivery";
 }

@@ -34,9 +34,11 @@ pub struct Config {
     #[arg(long, env = "NOTIFY_WEBHOOK_URL", hide_env_values = true, requires = "notify_webhook_secret", value_parser = parse_webhook_url)]
     pub notify_webhook_url: Option<String>,
 
-    /// The key of the webhook's HMAC-SHA256 signature (header `x-lastseen-signature`).
-    #[arg(long, env = "NOTIFY_WEBHOOK_SECRET", hide_env_values = true)]
-    pub notify_webhook_secret: Option<String>,
+    /// The secret of the webhook's signature (Standard Webhooks `webhook-signature`):
+    /// `whsec_` and base64, as Standard Webhooks libraries take it, or any other text,
+    /// whose bytes are then the HMAC key.
+    #[arg(long, env = "NOTIFY_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_webhook_secret)]
+    pub notify_webhook_secret: Option<WebhookKey>,
 
     /// Attempts per notification before it is recorded as failed.
     #[arg(long, env = "NOTIFY_WEBHOOK_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -66,6 +68,20 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// The HMAC key of the webhook's signatures; never shown, not even by `Debug`.
+#[derive(Clone)]
+pub struct WebhookKey(pub Vec<u8>);
+
+impl std::fmt::Debug for WebhookKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookKey(***)")
+    }
+}
+
+fn parse_webhook_secret(value: &str) -> Result<WebhookKey, String> {
+    crate::webhook::signing_key(value).map(WebhookKey)
 }
 
 fn parse_webhook_url(value: &str) -> Result<String, String> {

@@ -143,7 +143,11 @@ fn webhook_settings(config: &Config) -> Option<WebhookSettings> {
     Some(WebhookSettings {
         url,
         // clap requires the secret with the URL.
-        secret: config.notify_webhook_secret.clone().unwrap_or_default(),
+        key: config
+            .notify_webhook_secret
+            .clone()
+            .map(|key| key.0)
+            .unwrap_or_default(),
         max_attempts: config.notify_webhook_max_attempts,
         timeout: config.notify_webhook_timeout_ms,
         retry_base: config.notify_webhook_retry_base_ms,

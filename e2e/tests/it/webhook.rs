@@ -1,5 +1,6 @@
-//! Webhook delivery: every notification POSTed once delivered, signed with HMAC-SHA256,
-//! retried after a failure; a dead webhook ends in "failed" and never holds expiry.
+//! Webhook delivery: every notification POSTed once delivered, signed the Standard Webhooks
+//! way, retried after a failure; a dead webhook ends in "failed" and never holds expiry;
+//! two sweepers and a slow receiver still send each notification once.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -100,13 +101,19 @@ async fn every_notification_reaches_the_webhook_signed_and_is_retried_after_a_fa
         let (headers, body) = requests
             .iter()
             .rev()
-            .find(|(h, _)| h["x-lastseen-delivery"] == id.to_string().as_str())
+            .find(|(h, _)| h["webhook-id"] == id.to_string().as_str())
             .expect("a request per notification");
         assert_eq!(headers["x-lastseen-event"], routing_key.as_str());
         assert_eq!(headers["content-type"], "application/json");
+        // Standard Webhooks: signed over id, timestamp and body, the timestamp current.
+        let timestamp: i64 = headers["webhook-timestamp"].to_str()?.parse()?;
+        assert!(
+            (Utc::now().timestamp() - timestamp).abs() < 60,
+            "{timestamp}"
+        );
         assert_eq!(
-            headers["x-lastseen-signature"],
-            sweeper::webhook::signature(b"s3cret", body).as_str()
+            headers["webhook-signature"],
+            sweeper::webhook::signature(b"s3cret", &id.to_string(), timestamp, body).as_str()
         );
         assert_eq!(&serde_json::from_slice::<Value>(body)?, payload);
     }
@@ -156,5 +163,87 @@ async fn a_dead_webhook_ends_in_failed_and_never_holds_expiry() -> anyhow::Resul
     assert!(error.contains("could not be reached"), "{error}");
     assert!(!error.contains("secretpw"), "{error}");
     assert!(env.object_ids().await?.is_empty());
+    env.teardown().await
+}
+
+/// A webhook that takes 3 s over every request, recording each.
+async fn start_slow_receiver() -> anyhow::Result<(String, Received)> {
+    let received: Received = Arc::default();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(received): State<Received>, headers: HeaderMap, body: Bytes| async move {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    received
+                        .lock()
+                        .expect("the receiver's lock")
+                        .push((headers, body));
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, received))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sweepers_and_a_slow_webhook_deliver_each_notification_once_in_one_attempt()
+-> anyhow::Result<()> {
+    let mut env = TestEnv::start(Status::default()).await?;
+    let (url, received) = start_slow_receiver().await?;
+    for _ in 0..2 {
+        env.start_sweeper(&[
+            &format!("--notify-webhook-url={url}"),
+            "--notify-webhook-secret=s3cret",
+        ])?;
+    }
+    let ids: Vec<i64> = (1..=200).collect();
+    insert_due_objects(&env, &ids).await?;
+
+    let pool = env.pool.clone();
+    let settled = env
+        .eventually(Duration::from_secs(120), || {
+            let pool = pool.clone();
+            async move {
+                let (expired, undelivered): (i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT count(*) FROM object_expiries),
+                            count(*) FILTER (WHERE webhook_outcome IS DISTINCT FROM 'delivered')
+                     FROM notifications",
+                )
+                .fetch_one(&pool)
+                .await?;
+                Ok(expired == 200 && undelivered == 0)
+            }
+        })
+        .await?;
+    assert!(settled, "not every notification was delivered within 120 s");
+    // Leases that ran out while a request was on its way would show as second requests.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let rows: Vec<(i64, i32)> =
+        sqlx::query_as("SELECT id, webhook_attempts FROM notifications ORDER BY id")
+            .fetch_all(&env.pool)
+            .await?;
+    assert!(rows.len() > 200, "200 expiries and their digests");
+    let more_than_one: Vec<&(i64, i32)> = rows.iter().filter(|(_, a)| *a != 1).collect();
+    assert!(
+        more_than_one.is_empty(),
+        "rows not delivered in one attempt: {more_than_one:?}"
+    );
+    let mut per_id: std::collections::HashMap<String, usize> = Default::default();
+    for (headers, _) in received.lock().expect("the receiver's lock").iter() {
+        let id = headers["webhook-id"].to_str()?.to_owned();
+        *per_id.entry(id).or_default() += 1;
+    }
+    let twice: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "webhook-ids received more than once: {twice:?}"
+    );
+    assert_eq!(per_id.len(), rows.len(), "every notification received");
     env.teardown().await
 }

@@ -142,12 +142,16 @@ pub struct WebhookDue {
     pub routing_key: String,
     pub payload: serde_json::Value,
     pub webhook_attempts: i32,
+    /// The claim it was taken under (see [`claim_webhook_due`]).
+    pub webhook_claim: i64,
 }
 
 /// How one webhook attempt ended.
 #[derive(Debug)]
 pub struct WebhookAttempt<'a> {
     pub id: i64,
+    /// The claim the attempt was made under.
+    pub claim: i64,
     /// Attempts so far, this one included.
     pub attempts: i32,
     /// `delivered` or `failed` (given up); `None` to try again after `next_in`.
@@ -156,33 +160,38 @@ pub struct WebhookAttempt<'a> {
     pub next_in: std::time::Duration,
 }
 
-/// Claims up to `limit` notifications due for the webhook with a lease of `lease_secs`
-/// (their next attempt moved past it), in one short statement: no row lock is held while
-/// the webhook answers, so the RabbitMQ relay never waits for it. A crash leaves the lease
-/// to expire: retried.
+/// Claims up to `limit` notifications due for the webhook as `claim`, with a lease of
+/// `lease_secs` (their next attempt moved past it), in one short statement: no row lock
+/// is held while the webhook answers, so the RabbitMQ relay never waits for it. A crash
+/// leaves the lease to expire: retried.
 pub async fn claim_webhook_due(
     pool: &sqlx::PgPool,
     limit: i64,
     lease_secs: f64,
+    claim: i64,
 ) -> sqlx::Result<Vec<WebhookDue>> {
     sqlx::query_as(
         "UPDATE notifications n
-         SET webhook_next_at = clock_timestamp() + make_interval(secs => $2)
+         SET webhook_next_at = clock_timestamp() + make_interval(secs => $2),
+             webhook_claim = $3
          FROM (SELECT id FROM notifications
                WHERE webhook_outcome IS NULL AND webhook_next_at <= clock_timestamp()
                ORDER BY webhook_next_at
                LIMIT $1
                FOR UPDATE SKIP LOCKED) due
          WHERE n.id = due.id
-         RETURNING n.id, n.routing_key, n.payload, n.webhook_attempts",
+         RETURNING n.id, n.routing_key, n.payload, n.webhook_attempts, n.webhook_claim",
     )
     .bind(limit)
     .bind(lease_secs)
+    .bind(claim)
     .fetch_all(pool)
     .await
 }
 
-/// Records how each webhook attempt of a round ended, in one statement.
+/// Records how webhook attempts ended, in one statement. An attempt whose claim is no
+/// longer the row's (its lease ran out and another sweeper claimed it), or whose row is
+/// already done, records nothing.
 pub async fn record_webhook_attempts(
     pool: &sqlx::PgPool,
     attempts: &[WebhookAttempt<'_>],
@@ -192,21 +201,23 @@ pub async fn record_webhook_attempts(
     let outcomes: Vec<Option<&str>> = attempts.iter().map(|a| a.outcome).collect();
     let errors: Vec<Option<String>> = attempts.iter().map(|a| a.error.clone()).collect();
     let delays: Vec<f64> = attempts.iter().map(|a| a.next_in.as_secs_f64()).collect();
+    let claims: Vec<i64> = attempts.iter().map(|a| a.claim).collect();
     sqlx::query(
         "UPDATE notifications n
          SET webhook_attempts = u.attempts,
              webhook_outcome = u.outcome,
              webhook_error = u.error,
              webhook_next_at = clock_timestamp() + make_interval(secs => u.delay)
-         FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::text[], $5::float8[])
-              AS u(id, attempts, outcome, error, delay)
-         WHERE n.id = u.id",
+         FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::text[], $5::float8[], $6::bigint[])
+              AS u(id, attempts, outcome, error, delay, claim)
+         WHERE n.id = u.id AND n.webhook_claim = u.claim AND n.webhook_outcome IS NULL",
     )
     .bind(&ids)
     .bind(&counts)
     .bind(&outcomes)
     .bind(&errors)
     .bind(&delays)
+    .bind(&claims)
     .execute(pool)
     .await?;
     Ok(())
