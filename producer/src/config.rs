@@ -43,6 +43,18 @@ pub struct Config {
     #[arg(long, env = "SPOOL_MAX_IDS", default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub spool_max_ids: u64,
 
+    /// Most bytes the bodies of callbacks being read may take together (each counted at
+    /// its Content-Length, or MAX_BODY_BYTES without one); a callback beyond it gets 503
+    /// `overloaded` at once. A quarter is kept for bodies up to 64 KiB. At least
+    /// MAX_BODY_BYTES.
+    #[arg(long, env = "MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 67_108_864, value_parser = clap::value_parser!(u64).range(65_536..=17_179_869_184))]
+    pub max_body_bytes_in_flight: u64,
+
+    /// Most client connections open at once; one beyond it is answered 503 `overloaded`
+    /// and closed.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
     /// Longest `ttl_secs` a callback may give (seconds); a callback above it gets 422
     /// `ttl_too_long`. Bounds how long one client can keep an object from expiring.
     #[arg(long, env = "MAX_TTL_SECS", default_value_t = 604_800, value_parser = clap::value_parser!(u32).range(1..=31_536_000))]

@@ -29,12 +29,23 @@ pub struct Application {
     drain: tokio::task::JoinHandle<()>,
     keeper_stop: CancellationToken,
     header_read_timeout: Duration,
+    max_connections: usize,
 }
 
 impl Application {
     /// Opens the spool and binds the listener. RabbitMQ need not be up: callbacks go to
     /// the spool until it is.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        if config.max_body_bytes_in_flight < config.max_body_bytes {
+            return Err(lastseen::config::Misconfigured {
+                setting: "MAX_BODY_BYTES_IN_FLIGHT",
+                reason: format!(
+                    "{} is below MAX_BODY_BYTES ({}): a callback of the largest size could never be read",
+                    config.max_body_bytes_in_flight, config.max_body_bytes
+                ),
+            }
+            .into());
+        }
         // Installed before anything is counted; served at /metrics.
         lastseen::ops::metrics_handle();
         let spool = Arc::new(Spool::open(&config.spool_path, config.spool_max_ids)?);
@@ -69,6 +80,7 @@ impl Application {
                 max_body_bytes: config.max_body_bytes,
                 body_timeout: config.request_body_timeout_ms,
                 max_ttl_secs: config.max_ttl_secs,
+                max_body_bytes_in_flight: config.max_body_bytes_in_flight,
             },
             config.request_body_timeout_ms,
         );
@@ -84,6 +96,7 @@ impl Application {
             drain,
             keeper_stop,
             header_read_timeout: config.header_read_timeout_ms,
+            max_connections: config.max_connections as usize,
         })
     }
 
@@ -105,6 +118,7 @@ impl Application {
             self.listener,
             self.router,
             self.header_read_timeout,
+            self.max_connections,
             stopping.clone(),
         );
         let mut keeper = self.keeper;

@@ -38,6 +38,24 @@ mod producer {
     }
 
     #[test]
+    fn a_body_budget_below_the_body_limit_exits_2_naming_it() {
+        let output = Command::new(binary("producer"))
+            .env("MAX_BODY_BYTES", "1048576")
+            .env("MAX_BODY_BYTES_IN_FLIGHT", "65536")
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("invalid configuration: MAX_BODY_BYTES_IN_FLIGHT"));
+        assert!(
+            line.is_some_and(|l| l.contains("MAX_BODY_BYTES (1048576)")),
+            "{stderr}"
+        );
+    }
+
+    #[test]
     fn help_and_a_bad_url_never_show_its_password() {
         assert_secret_not_shown(&binary("producer"), &["--help"], &SECRET_URLS);
         assert_bad_secret_setting_is_refused_unshown(

@@ -193,3 +193,93 @@ async fn many_idle_connections_are_all_closed_and_the_producer_keeps_serving() -
     still_serves(&env, &url).await?;
     env.teardown().await
 }
+
+/// Starts a producer with `extra` settings and timeouts long enough to hold connections.
+async fn start_with(extra: &[&str]) -> anyhow::Result<(TestEnv, String, String)> {
+    let mut env = TestEnv::start(Status::default()).await?;
+    let mut args = vec![
+        format!("--request-body-timeout-ms={}", 10_000),
+        // Held connections must outlive the test's steps.
+        "--header-read-timeout-ms=10000".to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let url = env.start_producer(&args).await?;
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/callback")
+        .to_owned();
+    Ok((env, url, addr))
+}
+
+/// Reads the status line of the answer on `stream`, if one comes within `within`.
+async fn status_within(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let _ = timeout(within, async {
+        while !received.windows(2).any(|w| w == b"\r\n") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&received);
+    text.lines()
+        .next()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn large_bodies_beyond_the_budget_get_503_at_once_and_small_callbacks_are_still_taken()
+-> anyhow::Result<()> {
+    // Room for 4 MiB of bodies, a quarter of it kept for small ones: three 1 MiB bodies.
+    let (env, url, addr) = start_with(&[
+        "--max-body-bytes=1048576",
+        "--max-body-bytes-in-flight=4194304",
+    ])
+    .await?;
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut stream = TcpStream::connect(&addr).await?;
+        stream.write_all(head(1_048_576).as_bytes()).await?;
+        stream.write_all(b"{\"object_ids\":[").await?;
+        slow.push(stream);
+    }
+    let mut refused = 0;
+    for stream in &mut slow {
+        if let Some(status) = status_within(stream, Duration::from_millis(500)).await {
+            assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 7, "ten 1 MiB bodies trickling, room for three");
+    // The three still being read leave room for an ordinary callback.
+    still_serves(&env, &url).await?;
+    drop(slow);
+    env.teardown().await
+}
+
+#[tokio::test]
+async fn a_connection_beyond_max_connections_gets_503_and_is_closed() -> anyhow::Result<()> {
+    let (env, url, addr) = start_with(&["--max-connections=5"]).await?;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(TcpStream::connect(&addr).await?);
+    }
+    // Let the producer accept the five before the sixth comes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, error) =
+        e2e::post_callback(&url, Some("application/json"), "{\"object_ids\":[1]}").await?;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (503, Some("overloaded")),
+        "{error}"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    still_serves(&env, &url).await?;
+    env.teardown().await
+}

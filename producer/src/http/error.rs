@@ -32,6 +32,10 @@ pub enum CallbackError {
     #[error("ttl_secs {ttl} is above this producer's limit of {max} (MAX_TTL_SECS)")]
     TtlTooLong { ttl: u32, max: u32 },
     #[error(
+        "the producer is taking as many callbacks as MAX_BODY_BYTES_IN_FLIGHT or MAX_CONNECTIONS allow; retry it shortly"
+    )]
+    Overloaded,
+    #[error(
         "RabbitMQ is unavailable and the spool could not take the callback; retry it later: {0}"
     )]
     Unavailable(#[from] SpoolError),
@@ -53,6 +57,7 @@ impl CallbackError {
             }
             Self::TtlTooLong { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "ttl_too_long"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         }
     }
 }

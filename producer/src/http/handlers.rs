@@ -34,6 +34,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// `MAX_TTL_SECS`.
     pub max_ttl_secs: u32,
+    /// `MAX_BODY_BYTES_IN_FLIGHT`.
+    pub max_body_bytes_in_flight: u64,
 }
 
 /// The 202 answer: how many distinct ids were accepted, and whether they went to the
@@ -113,7 +115,9 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), CallbackError> {
             example = json!({"error": "invalid_callback", "message": "invalid callback: invalid value: integer `-1`, expected an object id: an integer from 0 to 9223372036854775807 at line 1 column 17"})),
         (status = 503, body = super::schemas::ErrorBody,
             description = "`unavailable`: RabbitMQ could not take the callback and neither could the \
-                           spool. Nothing was accepted; retrying is safe.",
+                           spool. `overloaded`: the producer is already reading as many bodies as \
+                           MAX_BODY_BYTES_IN_FLIGHT allows, or holds MAX_CONNECTIONS connections. \
+                           Nothing was accepted; retrying is safe.",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying")),
             example = json!({"error": "unavailable", "message": "RabbitMQ is unavailable and the spool could not take the callback; retry it later: the spool is full"})),
     )

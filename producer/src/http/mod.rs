@@ -2,6 +2,7 @@
 //! ids, the handlers, their JSON errors, the OpenAPI document and the connection server.
 //! Nothing below it (`callback`, `publisher`, `spool`) knows HTTP.
 
+mod admission;
 mod error;
 mod handlers;
 mod openapi;
@@ -30,8 +31,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn router(state: AppState, body_timeout: Duration) -> Router {
     let body_limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
     let document: Arc<str> = openapi::document_json(state.max_ttl_secs).into();
+    let budget = admission::BodyBudget::new(state.max_body_bytes_in_flight, state.max_body_bytes);
     Router::new()
-        .route("/callback", post(handlers::callback))
+        .route(
+            "/callback",
+            post(handlers::callback).route_layer(axum::middleware::from_fn_with_state(
+                budget,
+                admission::admit,
+            )),
+        )
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(lastseen::ops::metrics))

@@ -23,7 +23,8 @@ pub struct ErrorBody {
 /// `body_too_large` (413, over MAX_BODY_BYTES), `unsupported_media_type` (415, not
 /// application/json), `invalid_callback` (422, JSON but not a callback), `ttl_too_long`
 /// (422, `ttl_secs` above MAX_TTL_SECS), `unavailable` (503, not accepted now; retry after
-/// Retry-After).
+/// Retry-After), `overloaded` (503, MAX_BODY_BYTES_IN_FLIGHT or MAX_CONNECTIONS reached;
+/// retry after Retry-After).
 #[derive(ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -36,6 +37,7 @@ pub enum ErrorCode {
     InvalidCallback,
     TtlTooLong,
     Unavailable,
+    Overloaded,
 }
 
 /// The process is alive.
