@@ -141,6 +141,7 @@ impl TestEnv {
             topology_prefix: self.prefix.clone(),
             notifications_exchange: self.notifications_exchange.clone(),
             delivery_limit: 20,
+            notifications_queue_max_length: 100_000,
         }
     }
 

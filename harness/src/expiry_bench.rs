@@ -129,6 +129,7 @@ async fn scenario(
         topology_prefix: PREFIX.into(),
         notifications_exchange: format!("{PREFIX}.notifications"),
         delivery_limit: 20,
+        notifications_queue_max_length: 100_000,
     });
     let amqp = lastseen::amqp::connect(&args.amqp_url, "expiry-bench").await?;
     let channel = amqp.create_channel().await?;

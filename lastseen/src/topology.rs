@@ -7,7 +7,8 @@
 //!        | TTL expired                       v
 //! {prefix}.checks.retry.{ms} (quorum)   {prefix}.dead (fanout) --> {prefix}.checks.dead
 //!
-//! notifications (topic) --#--> {prefix}.notifications (quorum)
+//! notifications (topic) --#--> {prefix}.notifications (quorum, the latest
+//!                                NOTIFICATIONS_QUEUE_MAX_LENGTH)
 //! ```
 
 use std::time::Duration;
@@ -49,6 +50,13 @@ pub struct TopologyArgs {
     /// the quorum queue dead-letters it (RabbitMQ 3.10 sets no default).
     #[arg(long, env = "DELIVERY_LIMIT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub delivery_limit: u32,
+
+    /// Most notifications `{prefix}.notifications` keeps: beyond it the oldest is dropped,
+    /// so a queue nobody reads never fills the broker. Readers that must see every event
+    /// bind a queue of their own to the notifications exchange. 0: the queue is not
+    /// declared.
+    #[arg(long, env = "NOTIFICATIONS_QUEUE_MAX_LENGTH", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(0..=100_000_000))]
+    pub notifications_queue_max_length: u32,
 }
 
 fn parse_prefix(s: &str) -> Result<String, String> {
@@ -75,6 +83,7 @@ pub struct Topology {
     pub notifications_queue: String,
     prefix: String,
     delivery_limit: u32,
+    notifications_queue_max_length: u32,
 }
 
 impl Topology {
@@ -89,6 +98,7 @@ impl Topology {
             notifications_queue: format!("{p}.notifications"),
             prefix: p.clone(),
             delivery_limit: args.delivery_limit,
+            notifications_queue_max_length: args.notifications_queue_max_length,
         }
     }
 
@@ -110,7 +120,7 @@ impl Topology {
             AMQPValue::LongInt(i32::try_from(self.delivery_limit).unwrap_or(i32::MAX)),
         );
         dead_letter_to(&mut checks, &self.dead_letter_exchange, None);
-        declare_queue(channel, &self.checks_queue, checks).await?;
+        declare_queue(channel, &self.checks_queue, checks, "DELIVERY_LIMIT").await?;
         bind(
             channel,
             &self.checks_queue,
@@ -119,7 +129,13 @@ impl Topology {
         )
         .await?;
 
-        declare_queue(channel, &self.dead_letter_queue, quorum_args()).await?;
+        declare_queue(
+            channel,
+            &self.dead_letter_queue,
+            quorum_args(),
+            "TOPOLOGY_PREFIX",
+        )
+        .await?;
         bind(
             channel,
             &self.dead_letter_queue,
@@ -128,14 +144,28 @@ impl Topology {
         )
         .await?;
 
-        declare_queue(channel, &self.notifications_queue, quorum_args()).await?;
-        bind(
-            channel,
-            &self.notifications_queue,
-            &self.notifications_exchange,
-            "#",
-        )
-        .await?;
+        if self.notifications_queue_max_length > 0 {
+            let mut notifications = quorum_args();
+            notifications.insert(
+                "x-max-length".into(),
+                AMQPValue::LongLongInt(i64::from(self.notifications_queue_max_length)),
+            );
+            notifications.insert("x-overflow".into(), long_string("drop-head"));
+            declare_queue(
+                channel,
+                &self.notifications_queue,
+                notifications,
+                "NOTIFICATIONS_QUEUE_MAX_LENGTH",
+            )
+            .await?;
+            bind(
+                channel,
+                &self.notifications_queue,
+                &self.notifications_exchange,
+                "#",
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -153,7 +183,7 @@ impl Topology {
             AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
         );
         dead_letter_to(&mut args, &self.callbacks_exchange, Some(CHECK_ROUTING_KEY));
-        declare_queue(channel, &name, args).await?;
+        declare_queue(channel, &name, args, "RETRY_BASE_MS").await?;
         Ok(name)
     }
 }
@@ -196,7 +226,14 @@ async fn declare_exchange(
     Ok(())
 }
 
-async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), AmqpError> {
+/// Declares a durable queue. One that exists with other arguments is a refused setting:
+/// `setting` is the one that gives it these.
+async fn declare_queue(
+    channel: &Channel,
+    name: &str,
+    args: FieldTable,
+    setting: &'static str,
+) -> Result<(), AmqpError> {
     let options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
@@ -214,9 +251,9 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Resul
                 ) =>
             {
                 Err(AmqpError::Refused(Misconfigured {
-                    setting: "DELIVERY_LIMIT",
+                    setting,
                     reason: format!(
-                        "queue {name:?} already exists with other arguments than these settings give it (DELIVERY_LIMIT, TOPOLOGY_PREFIX): {}. Keep the settings it was created with, or delete the queue (its messages with it) and restart",
+                        "queue {name:?} already exists with other arguments than these settings give it ({setting}, TOPOLOGY_PREFIX): {}. Keep the settings it was created with, or delete the queue (its messages with it: rabbitmqctl delete_queue {name}) and restart",
                         amqp.get_message()
                     ),
                 }))
