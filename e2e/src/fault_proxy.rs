@@ -1,9 +1,11 @@
 //! A TCP proxy in front of the machine's RabbitMQ or PostgreSQL that a test can cut
-//! (connections dropped, new ones refused), freeze (bytes held, so confirms stop arriving)
-//! and restore: a component meets an outage without the shared server being stopped.
+//! (connections dropped, new ones refused), freeze (bytes held, so confirms stop arriving),
+//! slow (every byte delivered a fixed time late, each way) and restore: a component meets
+//! an outage or a slow server without the shared server being stopped.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,6 +20,8 @@ pub struct FaultProxy {
     /// Cancelled to cut: stops the listener and drops every proxied connection.
     running: Mutex<Option<CancellationToken>>,
     frozen: watch::Sender<bool>,
+    /// How late every byte is delivered, each way.
+    latency: watch::Sender<Duration>,
 }
 
 impl FaultProxy {
@@ -29,6 +33,7 @@ impl FaultProxy {
             upstream: upstream.to_owned(),
             running: Mutex::new(None),
             frozen: watch::Sender::new(false),
+            latency: watch::Sender::new(Duration::ZERO),
         };
         proxy.serve(listener);
         Ok(proxy)
@@ -55,9 +60,17 @@ impl FaultProxy {
         }
     }
 
-    /// Accepts and forwards again after [`Self::cut`] or [`Self::freeze`].
+    /// Delivers every byte `latency` late, each way (a round trip takes twice that), as a
+    /// slow or far broker would; throughput is not limited.
+    pub fn slow(&self, latency: Duration) {
+        self.latency.send_replace(latency);
+    }
+
+    /// Accepts and forwards again, at full speed, after [`Self::cut`], [`Self::freeze`]
+    /// or [`Self::slow`].
     pub async fn restore(&self) -> anyhow::Result<()> {
         self.frozen.send_replace(false);
+        self.latency.send_replace(Duration::ZERO);
         if self.lock().is_some() {
             return Ok(());
         }
@@ -85,6 +98,7 @@ impl FaultProxy {
         *self.lock() = Some(token.clone());
         let upstream = self.upstream.clone();
         let frozen = self.frozen.subscribe();
+        let latency = self.latency.subscribe();
         tokio::spawn(async move {
             loop {
                 let client = tokio::select! {
@@ -94,13 +108,18 @@ impl FaultProxy {
                     },
                     () = token.cancelled() => return,
                 };
-                let (token, upstream, frozen) = (token.clone(), upstream.clone(), frozen.clone());
+                let (token, upstream, frozen, latency) = (
+                    token.clone(),
+                    upstream.clone(),
+                    frozen.clone(),
+                    latency.clone(),
+                );
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&upstream).await else {
                         return;
                     };
                     tokio::select! {
-                        () = forward_both(client, server, frozen) => {}
+                        () = forward_both(client, server, frozen, latency) => {}
                         () = token.cancelled() => {}
                     }
                 });
@@ -115,32 +134,52 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn forward_both(client: TcpStream, server: TcpStream, frozen: watch::Receiver<bool>) {
+async fn forward_both(
+    client: TcpStream,
+    server: TcpStream,
+    frozen: watch::Receiver<bool>,
+    latency: watch::Receiver<Duration>,
+) {
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     tokio::select! {
-        () = forward(client_read, server_write, frozen.clone()) => {}
-        () = forward(server_read, client_write, frozen) => {}
+        () = forward(client_read, server_write, frozen.clone(), latency.clone()) => {}
+        () = forward(server_read, client_write, frozen, latency) => {}
     }
 }
 
-/// Copies bytes one way, holding them while the proxy is frozen.
+/// Copies bytes one way, holding them while the proxy is frozen and delivering each chunk
+/// `latency` after it was read (reading goes on meanwhile, as on a long wire).
 async fn forward(
     mut from: impl AsyncReadExt + Unpin,
     mut to: impl AsyncWriteExt + Unpin,
     mut frozen: watch::Receiver<bool>,
+    latency: watch::Receiver<Duration>,
 ) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if frozen.wait_for(|f| !*f).await.is_err() {
-            return;
+    let (chunks, mut due) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(1024);
+    let reading = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let deliver_at = tokio::time::Instant::now() + *latency.borrow();
+            if chunks.send((deliver_at, buf[..n].to_vec())).await.is_err() {
+                return;
+            }
         }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
+    };
+    let writing = async move {
+        while let Some((deliver_at, chunk)) = due.recv().await {
+            tokio::time::sleep_until(deliver_at).await;
+            if frozen.wait_for(|f| !*f).await.is_err() {
+                return;
+            }
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
         }
-    }
+    };
+    tokio::join!(reading, writing);
 }

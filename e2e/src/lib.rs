@@ -19,7 +19,7 @@ pub mod private_postgres;
 pub mod process;
 pub mod servers;
 
-pub use servers::{amqp_server, amqp_url, postgres_server};
+pub use servers::{amqp_server, amqp_url, management_url, postgres_server};
 
 /// Status simulator settings for a test.
 #[derive(Debug, Clone)]

@@ -24,6 +24,18 @@ pub fn amqp_server() -> ServerUrl {
     ServerUrl::parse(&setting("AMQP_URL"))
 }
 
+/// RabbitMQ's management API: `MANAGEMENT_URL` if set, else port 15672 of the broker's
+/// host.
+pub fn management_url() -> String {
+    std::env::var("MANAGEMENT_URL").unwrap_or_else(|_| {
+        let host = amqp_server().host().to_owned();
+        let name = host
+            .rsplit_once(':')
+            .map_or(host.as_str(), |(name, _)| name);
+        format!("http://{name}:15672")
+    })
+}
+
 /// `name` from the environment, else from `.env`.
 fn setting(name: &str) -> String {
     if let Ok(value) = std::env::var(name) {

@@ -145,6 +145,31 @@ impl BrokerAdmin {
             .context("unreadable answer of the management API")
     }
 
+    /// Channels open on the connection named `name` (its `connection_name` property), if
+    /// such a connection is open.
+    pub async fn channels_of_connection(&self, name: &str) -> anyhow::Result<Option<u64>> {
+        let management = self.management()?;
+        let base = management
+            .queues_url
+            .split("/api/queues/")
+            .next()
+            .unwrap_or_default();
+        let connections: Vec<serde_json::Value> = management
+            .http
+            .get(format!("{base}/api/connections"))
+            .basic_auth(&management.user, Some(&management.password))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await
+            .context("unreadable answer of the management API")?;
+        Ok(connections
+            .iter()
+            .find(|c| c["user_provided_name"] == name)
+            .and_then(|c| c["channels"].as_u64()))
+    }
+
     fn management(&self) -> anyhow::Result<&Management> {
         self.management
             .as_ref()

@@ -79,7 +79,9 @@ async fn drain_round(spool: &Spool, publisher: &CallbackPublisher) -> Result<usi
         .iter()
         .flat_map(|callback| callback.messages.iter().cloned())
         .collect();
-    publisher.publish(&messages, DRAIN_PUBLISH_BOUND).await?;
+    publisher
+        .publish_spooled(&messages, DRAIN_PUBLISH_BOUND)
+        .await?;
     spool.remove(&batch).await?;
     Ok(batch.len())
 }

@@ -1,9 +1,15 @@
 //! Publishing check messages with publisher confirms, on the session the library's
 //! [`SessionKeeper`] keeps: each callback borrows a confirm-mode channel for itself, so a
 //! message RabbitMQ returns as unroutable can only fail the callback that published it.
+//!
+//! A broker too slow to confirm within a callback's bound is not asked again by every
+//! callback: after such a timeout the publisher is *lagging*, callbacks go straight to
+//! the spool, and only the drain publishes (with its longer bound) until one of its
+//! rounds is confirmed. So a slow broker costs one channel and one pending publish at a
+//! time, not one per callback.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::try_join_all;
@@ -30,6 +36,10 @@ pub enum PublishError {
 /// Longest wait for the broker to acknowledge closing a retired channel.
 const CHANNEL_CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
+/// Longest wait for a channel that opened too late for its callback, before it is
+/// closed (or the session renewed).
+const LATE_CHANNEL_LIMIT: Duration = Duration::from_secs(30);
+
 /// The confirm-mode channels of one session, each lent to one callback at a time. A
 /// slot is empty until first used, and emptied when its channel failed or still owes
 /// confirms: a channel is never lent on with another callback's confirms outstanding.
@@ -45,6 +55,9 @@ pub struct CallbackPublisher {
     next_channel: AtomicUsize,
     topology: Topology,
     channel_count: usize,
+    /// Set when a publish on a usable session was not confirmed in time; cleared when the
+    /// drain's publish is. While set, callbacks are spooled without trying RabbitMQ.
+    lagging: AtomicBool,
 }
 
 impl CallbackPublisher {
@@ -56,12 +69,33 @@ impl CallbackPublisher {
             next_channel: AtomicUsize::new(0),
             topology,
             channel_count: channel_count.max(1),
+            lagging: AtomicBool::new(false),
         })
     }
 
     /// True when the publisher holds a usable connection to RabbitMQ.
     pub fn is_connected(&self) -> bool {
         self.keeper.current().is_some()
+    }
+
+    /// True when a callback should try RabbitMQ: connected, and not lagging (see the
+    /// module's documentation); otherwise it goes to the spool at once.
+    pub fn takes_callbacks(&self) -> bool {
+        self.is_connected() && !self.lagging.load(Ordering::Relaxed)
+    }
+
+    /// Publishes spooled callbacks (the drain): like [`Self::publish`], and once RabbitMQ
+    /// confirmed them in time the publisher takes callbacks again.
+    pub async fn publish_spooled(
+        &self,
+        messages: &[CheckMessage],
+        bound: Duration,
+    ) -> Result<(), PublishError> {
+        self.publish(messages, bound).await?;
+        if self.lagging.swap(false, Ordering::Relaxed) {
+            tracing::info!("RabbitMQ confirms in time again; callbacks are published directly");
+        }
+        Ok(())
     }
 
     /// The channel slots of `session`, made when a session is first used.
@@ -118,12 +152,24 @@ impl CallbackPublisher {
         let channel = match slot.as_ref().filter(|c| c.status().connected()) {
             Some(channel) => channel.clone(),
             None => {
-                // Opening a channel is a round trip too: within the bound.
+                // Opening a channel is a round trip too: within the bound. One that opens
+                // too late is closed, not left open on the connection.
                 let remaining = bound.saturating_sub(started.elapsed());
-                let channel = tokio::time::timeout(remaining, session.confirm_channel())
-                    .await
-                    .map_err(|_| PublishError::Timeout)?
-                    .inspect_err(|_| self.keeper.broken(&session))?;
+                let mut opening = tokio::spawn({
+                    let session = session.clone();
+                    async move { session.confirm_channel().await }
+                });
+                let opened = match tokio::time::timeout(remaining, &mut opening).await {
+                    Ok(opened) => opened,
+                    Err(_) => {
+                        self.lagging.store(true, Ordering::Relaxed);
+                        tokio::spawn(close_when_open(opening));
+                        return Err(PublishError::Timeout);
+                    }
+                };
+                // The opening task ends early only when the runtime is stopping.
+                let opened = opened.map_err(|_| PublishError::NotConnected)?;
+                let channel = opened.inspect_err(|_| self.keeper.broken(&session))?;
                 *slot = Some(channel.clone());
                 channel
             }
@@ -157,6 +203,9 @@ impl CallbackPublisher {
                 let _ = tokio::time::timeout(CHANNEL_CLOSE_LIMIT, closing).await;
             });
             if session.is_usable() {
+                if matches!(err, PublishError::Timeout) {
+                    self.lagging.store(true, Ordering::Relaxed);
+                }
                 tracing::warn!(error = %err, "publish not confirmed in time");
             } else {
                 tracing::warn!(error = %err, "publish failed; the session will be renewed");
@@ -208,5 +257,14 @@ impl CallbackPublisher {
             }
         }
         self.keeper.close("producer shutting down").await;
+    }
+}
+
+/// Closes a channel that opened after its callback gave up on it (or drops the attempt
+/// if it does not open within [`LATE_CHANNEL_LIMIT`]).
+async fn close_when_open(opening: tokio::task::JoinHandle<Result<Channel, AmqpError>>) {
+    if let Ok(Ok(Ok(channel))) = tokio::time::timeout(LATE_CHANNEL_LIMIT, opening).await {
+        let closing = channel.close(200, "opened too late".into());
+        let _ = tokio::time::timeout(CHANNEL_CLOSE_LIMIT, closing).await;
     }
 }

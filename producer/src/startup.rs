@@ -49,8 +49,17 @@ impl Application {
         // Installed before anything is counted; served at /metrics.
         lastseen::ops::metrics_handle();
         let spool = Arc::new(Spool::open(&config.spool_path, config.spool_max_ids)?);
+        let listener = TcpListener::bind(config.callback_addr)
+            .await
+            .with_context(|| format!("cannot listen on CALLBACK_ADDR {}", config.callback_addr))?;
+        // Named by its address, so admins tell the producers of a host apart in the
+        // management UI.
+        let name = match listener.local_addr() {
+            Ok(addr) => format!("producer {addr}"),
+            Err(_) => "producer".to_owned(),
+        };
         let topology = Topology::new(&config.topology);
-        let session = SessionKeeper::new(&config.amqp.amqp_url, "producer", topology.clone());
+        let session = SessionKeeper::new(&config.amqp.amqp_url, &name, topology.clone());
         let publisher =
             CallbackPublisher::new(session.clone(), topology, config.publish_channels as usize);
         let keeper_stop = CancellationToken::new();
@@ -84,9 +93,6 @@ impl Application {
             },
             config.request_body_timeout_ms,
         );
-        let listener = TcpListener::bind(config.callback_addr)
-            .await
-            .with_context(|| format!("cannot listen on CALLBACK_ADDR {}", config.callback_addr))?;
         Ok(Self {
             listener,
             router,

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use e2e::fault_proxy::FaultProxy;
 use e2e::{Status, TestEnv, post_callback};
 use futures::StreamExt;
@@ -167,5 +168,62 @@ async fn a_restarted_producer_publishes_what_an_earlier_one_left_in_the_spool() 
     wait_for_readiness(&second, "ready").await?;
     let expected: Vec<i64> = (0..10).flat_map(|i| [i * 10, i * 10 + 1]).collect();
     assert_eq!(ids_in_checks_queue(&env).await?, expected);
+    env.teardown().await
+}
+
+/// A broker a round trip of 1 s away (ten times the publish bound) is, for callbacks, a
+/// broker that does not confirm in time: each is spooled, and the producer neither
+/// opens a channel per callback nor keeps the late ones; once the broker is quick again
+/// every id is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_broker_sends_callbacks_to_the_spool_without_a_channel_each() -> anyhow::Result<()> {
+    let mut env = TestEnv::start(Status::quick_all_online()).await?;
+    let proxy = FaultProxy::start(e2e::amqp_server().host()).await?;
+    let url = env
+        .start_producer(&[
+            &format!("--amqp-url={}", proxy.amqp_url()),
+            "--publish-timeout-ms=100",
+            "--publish-channels=2",
+        ])
+        .await?;
+    wait_for_readiness(&url, "ready").await?;
+    let connection = format!(
+        "producer {}",
+        url.trim_start_matches("http://")
+            .trim_end_matches("/callback")
+    );
+
+    proxy.slow(Duration::from_millis(500));
+    for id in 0..100 {
+        let (status, answer) = post_callback(
+            &url,
+            Some("application/json"),
+            json!({ "object_ids": [id] }).to_string(),
+        )
+        .await?;
+        assert_eq!(status, 202, "{answer}");
+    }
+    // Channel opens that answer late have answered; the broker's figures are refreshed
+    // every 5 s.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let broker = harness::broker_admin::BrokerAdmin::new(&e2e::amqp_url())
+        .with_management(&e2e::management_url())?;
+    let channels = broker
+        .channels_of_connection(&connection)
+        .await?
+        .context("the producer's connection is open")?;
+    assert!(
+        channels <= 3,
+        "{channels} channels open: the 2 publish channels and the drain's at most"
+    );
+
+    proxy.restore().await?;
+    let mut published = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while published.len() < 100 && tokio::time::Instant::now() < deadline {
+        published.extend(ids_in_checks_queue(&env).await?);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(published.len(), 100, "not every spooled id was published");
     env.teardown().await
 }

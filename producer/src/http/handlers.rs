@@ -162,7 +162,7 @@ pub async fn callback(
     let bound = state.publish_timeout.saturating_mul(thousands);
     let spooled = if messages.is_empty() {
         false
-    } else if !state.publisher.is_connected() {
+    } else if !state.publisher.takes_callbacks() {
         true
     } else if let Err(err) = state.publisher.publish(&messages, bound).await {
         tracing::warn!(error = %err, ids = ids.len(), "publish failed; spooling the callback");
