@@ -10,6 +10,7 @@ mod failures;
 mod hostile_input;
 mod lifecycle;
 mod logs;
+mod memory;
 mod notification_queue;
 mod operations;
 mod outages;
