@@ -55,16 +55,12 @@ impl StatusClient {
             })?
             .pop_if_empty()
             .extend(["objects", &id.to_string()]);
-        let response = self.http.get(url).send().await.map_err(|source| {
-            if source.is_timeout() {
-                CheckError::Timeout { id }
-            } else {
-                CheckError::Unreachable {
-                    id,
-                    reason: lastseen::config::error_line(&source.without_url()),
-                }
-            }
-        })?;
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|source| request_failed(id, source))?;
         let status = response.status();
         if !status.is_success() {
             return Err(CheckError::Status {
@@ -72,16 +68,10 @@ impl StatusClient {
                 status: status.as_u16(),
             });
         }
-        let body = response.bytes().await.map_err(|source| {
-            if source.is_timeout() {
-                CheckError::Timeout { id }
-            } else {
-                CheckError::Unreachable {
-                    id,
-                    reason: lastseen::config::error_line(&source.without_url()),
-                }
-            }
-        })?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| request_failed(id, source))?;
         let answer: StatusAnswer =
             serde_json::from_slice(&body).map_err(|e| CheckError::Malformed {
                 id,
@@ -94,5 +84,18 @@ impl StatusClient {
             });
         }
         Ok(answer.online)
+    }
+}
+
+/// A request about `id` that got no (whole) answer: timed out, or the service was not
+/// reached. Never the URL in the reason: it may carry a password.
+fn request_failed(id: ObjectId, source: reqwest::Error) -> CheckError {
+    if source.is_timeout() {
+        CheckError::Timeout { id }
+    } else {
+        CheckError::Unreachable {
+            id,
+            reason: lastseen::config::error_line(&source.without_url()),
+        }
     }
 }

@@ -54,8 +54,10 @@ pub struct BrokerAdmin {
 /// The management API of the broker's virtual host, with the AMQP URL's credentials.
 struct Management {
     http: reqwest::Client,
-    /// `{base}/api/queues/{vhost}`.
-    queues_url: String,
+    /// `{base}/api`.
+    api_url: String,
+    /// The virtual host as the API spells it in a path.
+    vhost: String,
     user: String,
     password: String,
 }
@@ -89,10 +91,8 @@ impl BrokerAdmin {
             http: reqwest::Client::builder()
                 .timeout(MANAGEMENT_TIMEOUT)
                 .build()?,
-            queues_url: format!(
-                "{}/api/queues/{vhost}",
-                management_url.trim_end_matches('/')
-            ),
+            api_url: format!("{}/api", management_url.trim_end_matches('/')),
+            vhost: vhost.to_owned(),
             user,
             password,
         });
@@ -120,22 +120,34 @@ impl BrokerAdmin {
 
     /// Every queue of the virtual host, from the management API.
     pub async fn queues(&self) -> anyhow::Result<Vec<QueueInfo>> {
-        self.management_get("").await
+        let vhost = &self.management()?.vhost;
+        self.management_get(&format!("queues/{vhost}")).await
     }
 
     /// One queue, from the management API.
     pub async fn queue(&self, name: &str) -> anyhow::Result<QueueInfo> {
-        self.management_get(&format!("/{name}")).await
+        let vhost = &self.management()?.vhost;
+        self.management_get(&format!("queues/{vhost}/{name}")).await
+    }
+
+    /// Channels open on the connection named `name` (its `connection_name` property), if
+    /// such a connection is open.
+    pub async fn channels_of_connection(&self, name: &str) -> anyhow::Result<Option<u64>> {
+        let connections: Vec<serde_json::Value> = self.management_get("connections").await?;
+        Ok(connections
+            .iter()
+            .find(|c| c["user_provided_name"] == name)
+            .and_then(|c| c["channels"].as_u64()))
     }
 
     async fn management_get<T: serde::de::DeserializeOwned>(
         &self,
-        below_queues: &str,
+        path: &str,
     ) -> anyhow::Result<T> {
         let management = self.management()?;
         management
             .http
-            .get(format!("{}{below_queues}", management.queues_url))
+            .get(format!("{}/{path}", management.api_url))
             .basic_auth(&management.user, Some(&management.password))
             .send()
             .await?
@@ -143,31 +155,6 @@ impl BrokerAdmin {
             .json()
             .await
             .context("unreadable answer of the management API")
-    }
-
-    /// Channels open on the connection named `name` (its `connection_name` property), if
-    /// such a connection is open.
-    pub async fn channels_of_connection(&self, name: &str) -> anyhow::Result<Option<u64>> {
-        let management = self.management()?;
-        let base = management
-            .queues_url
-            .split("/api/queues/")
-            .next()
-            .unwrap_or_default();
-        let connections: Vec<serde_json::Value> = management
-            .http
-            .get(format!("{base}/api/connections"))
-            .basic_auth(&management.user, Some(&management.password))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await
-            .context("unreadable answer of the management API")?;
-        Ok(connections
-            .iter()
-            .find(|c| c["user_provided_name"] == name)
-            .and_then(|c| c["channels"].as_u64()))
     }
 
     fn management(&self) -> anyhow::Result<&Management> {

@@ -2,8 +2,9 @@
 //!
 //! Scenario "together": N objects (100,000) share one deadline 2 s ahead; two release
 //! sweepers run, and one is killed with SIGKILL while the sweep is under way. It checks
-//! that every object expired within 5 s of its deadline and that the notifications queue
-//! holds exactly one `object.expired` per object after de-duplication by `message_id`,
+//! that every object expired within 5 s of its deadline and that a queue of the bench's
+//! own, bound to `object.expired` on the notifications exchange, holds exactly one
+//! `object.expired` per object after de-duplication by `message_id`,
 //! and reports the duplicates before it.
 //! Scenario "steady": N deadlines spread at 10,000 per second; it reports the lag from
 //! deadline to expiry and from deadline to notification published (p50, p99, max).
@@ -129,18 +130,19 @@ async fn scenario(
         topology_prefix: PREFIX.into(),
         notifications_exchange: format!("{PREFIX}.notifications"),
         delivery_limit: 20,
-        notifications_queue_max_length: 100_000,
+        // The bench reads every event from a queue of its own (as a reader that must
+        // see each one does), not from the bounded convenience queue.
+        notifications_queue_max_length: 0,
     });
+    let reader = format!("{PREFIX}.expiry-bench-reader");
     let amqp = lastseen::amqp::connect(&args.amqp_url, "expiry-bench").await?;
     let channel = amqp.create_channel().await?;
     let _ = channel
-        .queue_delete(
-            topology.notifications_queue.as_str().into(),
-            QueueDeleteOptions::default(),
-        )
+        .queue_delete(reader.as_str().into(), QueueDeleteOptions::default())
         .await;
     let channel = amqp.create_channel().await?;
     topology.declare(&channel).await?;
+    declare_reader(&channel, &reader, &topology.notifications_exchange).await?;
 
     // The objects: one shared deadline 2 s ahead, or deadlines `rate` per second.
     let start = Utc::now() + chrono::Duration::seconds(2);
@@ -167,6 +169,7 @@ async fn scenario(
         ("AMQP_URL", args.amqp_url.clone()),
         ("TOPOLOGY_PREFIX", PREFIX.to_owned()),
         ("NOTIFICATIONS_EXCHANGE", format!("{PREFIX}.notifications")),
+        ("NOTIFICATIONS_QUEUE_MAX_LENGTH", "0".to_owned()),
         ("METRICS_ADDR", "127.0.0.1:0".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
     ];
@@ -229,7 +232,7 @@ async fn scenario(
     )
     .fetch_all(&pool)
     .await?;
-    let (messages, per_object) = read_expired_messages(&channel, &topology).await?;
+    let (messages, per_object) = read_expired_messages(&channel, &reader).await?;
     let distinct: HashSet<&String> = messages.iter().map(|(id, _)| id).collect();
     let outcome = Outcome {
         scenario: name,
@@ -245,26 +248,48 @@ async fn scenario(
         sweeper_killed: killed,
     };
     let _ = channel
-        .queue_delete(
-            topology.notifications_queue.as_str().into(),
-            QueueDeleteOptions::default(),
-        )
+        .queue_delete(reader.as_str().into(), QueueDeleteOptions::default())
         .await;
     let _ = amqp.close(200, "done".into()).await;
     pool.close().await;
     Ok(outcome)
 }
 
-/// Every `object.expired` message in the notifications queue (taken off it): the
+/// The bench's own queue of every `object.expired` notification, unbounded.
+async fn declare_reader(
+    channel: &lapin::Channel,
+    reader: &str,
+    exchange: &str,
+) -> anyhow::Result<()> {
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(reader.into(), durable, no_args())
+        .await?;
+    channel
+        .queue_bind(
+            reader.into(),
+            exchange.into(),
+            lastseen::topology::EXPIRED_ROUTING_KEY.into(),
+            Default::default(),
+            no_args(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Every `object.expired` message in the bench's reader queue (taken off it): the
 /// `message_id`s in arrival order, and how many distinct messages each object got.
 async fn read_expired_messages(
     channel: &lapin::Channel,
-    topology: &Topology,
+    reader: &str,
 ) -> anyhow::Result<(Vec<(String, i64)>, HashMap<i64, u32>)> {
     channel.basic_qos(5_000, BasicQosOptions::default()).await?;
     let mut consumer = channel
         .basic_consume(
-            topology.notifications_queue.as_str().into(),
+            reader.into(),
             "expiry-bench".into(),
             BasicConsumeOptions {
                 no_ack: true,

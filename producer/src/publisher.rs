@@ -5,11 +5,12 @@
 //! A broker too slow to confirm within a callback's bound is not asked again by every
 //! callback: after such a timeout the publisher is *lagging*, callbacks go straight to
 //! the spool, and only the drain publishes (with its longer bound) until one of its
-//! rounds is confirmed. So a slow broker costs one channel and one pending publish at a
+//! rounds is confirmed, or a new session replaces the lagging one. So a slow broker costs one channel and one pending publish at a
 //! time, not one per callback.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Weak;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::try_join_all;
@@ -55,9 +56,10 @@ pub struct CallbackPublisher {
     next_channel: AtomicUsize,
     topology: Topology,
     channel_count: usize,
-    /// Set when a publish on a usable session was not confirmed in time; cleared when the
-    /// drain's publish is. While set, callbacks are spooled without trying RabbitMQ.
-    lagging: AtomicBool,
+    /// The session on which a publish was not confirmed in time; cleared when the drain's
+    /// publish is. While it is the current session, callbacks are spooled without trying
+    /// RabbitMQ.
+    lagging: std::sync::Mutex<Option<Weak<Session>>>,
 }
 
 impl CallbackPublisher {
@@ -69,7 +71,7 @@ impl CallbackPublisher {
             next_channel: AtomicUsize::new(0),
             topology,
             channel_count: channel_count.max(1),
-            lagging: AtomicBool::new(false),
+            lagging: std::sync::Mutex::new(None),
         })
     }
 
@@ -81,7 +83,24 @@ impl CallbackPublisher {
     /// True when a callback should try RabbitMQ: connected, and not lagging (see the
     /// module's documentation); otherwise it goes to the spool at once.
     pub fn takes_callbacks(&self) -> bool {
-        self.is_connected() && !self.lagging.load(Ordering::Relaxed)
+        let Some(current) = self.keeper.current() else {
+            return false;
+        };
+        let lagging = self
+            .lagging
+            .lock()
+            .expect("the lagging lock is never poisoned");
+        !lagging
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .is_some_and(|session| Arc::ptr_eq(&session, &current))
+    }
+
+    fn lagging_on(&self, session: &Arc<Session>) {
+        *self
+            .lagging
+            .lock()
+            .expect("the lagging lock is never poisoned") = Some(Arc::downgrade(session));
     }
 
     /// Publishes spooled callbacks (the drain): like [`Self::publish`], and once RabbitMQ
@@ -92,7 +111,13 @@ impl CallbackPublisher {
         bound: Duration,
     ) -> Result<(), PublishError> {
         self.publish(messages, bound).await?;
-        if self.lagging.swap(false, Ordering::Relaxed) {
+        let was_lagging = self
+            .lagging
+            .lock()
+            .expect("the lagging lock is never poisoned")
+            .take()
+            .is_some();
+        if was_lagging {
             tracing::info!("RabbitMQ confirms in time again; callbacks are published directly");
         }
         Ok(())
@@ -162,7 +187,7 @@ impl CallbackPublisher {
                 let opened = match tokio::time::timeout(remaining, &mut opening).await {
                     Ok(opened) => opened,
                     Err(_) => {
-                        self.lagging.store(true, Ordering::Relaxed);
+                        self.lagging_on(&session);
                         tokio::spawn(close_when_open(opening));
                         return Err(PublishError::Timeout);
                     }
@@ -204,7 +229,7 @@ impl CallbackPublisher {
             });
             if session.is_usable() {
                 if matches!(err, PublishError::Timeout) {
-                    self.lagging.store(true, Ordering::Relaxed);
+                    self.lagging_on(&session);
                 }
                 tracing::warn!(error = %err, "publish not confirmed in time");
             } else {

@@ -188,6 +188,28 @@ impl BrokerNode {
         Ok(())
     }
 
+    /// Raises (`true`) or clears a memory alarm: the node's memory high watermark set far
+    /// below what it uses, or back to RabbitMQ's default, so it blocks every connection
+    /// that publishes, as a broker short of memory does.
+    pub async fn memory_alarm(&self, raised: bool) -> anyhow::Result<()> {
+        let watermark = if raised { "0.000001" } else { "0.4" };
+        tools::run(
+            "rabbitmqctl",
+            &[
+                "-q",
+                "-n",
+                NODE_NAME,
+                "set_vm_memory_high_watermark",
+                watermark,
+            ],
+            &[],
+            BOOT_LIMIT,
+        )
+        .await
+        .with_context(|| format!("cannot set the memory watermark of {NODE_NAME}"))?;
+        Ok(())
+    }
+
     /// Stops the node as a fault: returns once it is gone, with the moment it stopped
     /// taking connections (early in its shutdown, which then takes several seconds more).
     pub async fn stop(&self) -> anyhow::Result<Instant> {

@@ -1,7 +1,9 @@
 //! The faults, injected one after another while the load runs, each followed by a
 //! recovery measurement and a quiet spell: `kill -9` of a consumer, of the producer and
 //! of the sweeper (each restarted), the RabbitMQ node stopped and PostgreSQL stopped for
-//! `outage` each (then started again). The status simulator's 20% failed and 5% hung
+//! `outage` each (then started again), a RabbitMQ memory alarm (publishers blocked) for
+//! `outage`, and the spool's disk full, then freed, while such an alarm sends callbacks
+//! to the spool. The status simulator's 20% failed and 5% hung
 //! calls are not on this list: they last the whole run.
 
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use super::broker::BrokerNode;
 use super::database::DatabaseCluster;
 use super::queues::QueueWatch;
 use super::recovery::Prober;
+use super::spool_disk::SpoolDisk;
 use crate::process::Supervisor;
 
 /// How long a killed consumer stays dead before its restart; long enough for RabbitMQ to
@@ -20,6 +23,10 @@ use crate::process::Supervisor;
 const CONSUMER_DEAD_FOR: Duration = Duration::from_secs(2);
 /// How long the killed producer and sweeper stay dead before their restart.
 const PROCESS_DEAD_FOR: Duration = Duration::from_secs(1);
+
+/// How long a memory alarm runs before the spool's disk is filled, and after it is
+/// freed: callbacks are being spooled by then.
+const SPOOLING_LEAD: Duration = Duration::from_secs(3);
 
 /// The consumer that gets killed (the other keeps consuming).
 pub const KILLED_CONSUMER: &str = "consumer-1";
@@ -32,16 +39,20 @@ pub enum Fault {
     KillSweeper,
     StopRabbitMq,
     StopPostgres,
+    MemoryAlarm,
+    SpoolDiskFull,
 }
 
 impl Fault {
     /// The order of a run.
-    pub const SCHEDULE: [Fault; 5] = [
+    pub const SCHEDULE: [Fault; 7] = [
         Fault::KillConsumer,
         Fault::KillProducer,
         Fault::KillSweeper,
         Fault::StopRabbitMq,
         Fault::StopPostgres,
+        Fault::MemoryAlarm,
+        Fault::SpoolDiskFull,
     ];
 
     pub fn describe(self, outage: Duration) -> String {
@@ -61,6 +72,15 @@ impl Fault {
             ),
             Self::StopRabbitMq => format!("RabbitMQ stopped for {} s, started", secs(outage)),
             Self::StopPostgres => format!("PostgreSQL stopped for {} s, started", secs(outage)),
+            Self::MemoryAlarm => format!(
+                "RabbitMQ memory alarm (publishers blocked) for {} s, cleared",
+                secs(outage)
+            ),
+            Self::SpoolDiskFull => format!(
+                "spool disk full for {} s, then freed, during a RabbitMQ memory alarm of {} s",
+                secs(outage / 2),
+                secs(outage + SPOOLING_LEAD * 2)
+            ),
         }
     }
 }
@@ -85,6 +105,7 @@ pub struct Chaos<'a> {
     pub pipeline: &'a mut Supervisor,
     pub broker: &'a BrokerNode,
     pub database: &'a DatabaseCluster,
+    pub spool_disk: &'a SpoolDisk,
     pub queues: &'a QueueWatch,
     pub prober: &'a Prober,
     pub outage: Duration,
@@ -167,6 +188,21 @@ impl Chaos<'_> {
                 self.database.stop().await?;
                 pause(self.outage, shutdown).await?;
                 self.database.start().await
+            }
+            Fault::MemoryAlarm => {
+                self.broker.memory_alarm(true).await?;
+                pause(self.outage, shutdown).await?;
+                self.broker.memory_alarm(false).await
+            }
+            Fault::SpoolDiskFull => {
+                // Callbacks reach the spool only when RabbitMQ cannot take them.
+                self.broker.memory_alarm(true).await?;
+                pause(SPOOLING_LEAD, shutdown).await?;
+                self.spool_disk.fill()?;
+                pause(self.outage / 2, shutdown).await?;
+                self.spool_disk.free()?;
+                pause(self.outage / 2 + SPOOLING_LEAD, shutdown).await?;
+                self.broker.memory_alarm(false).await
             }
         }
     }

@@ -24,6 +24,7 @@ mod phases;
 mod queues;
 mod recovery;
 mod report;
+mod spool_disk;
 mod tools;
 mod verify;
 
@@ -106,14 +107,15 @@ pub async fn run(args: ChaosArgs, shutdown: CancellationToken) -> anyhow::Result
     let broker = broker::BrokerNode::new(&out.join("rabbitmq"), &logs, args.amqp_port);
     broker.prepare().await?;
     let database = database::DatabaseCluster::prepare(args.pg_port).await?;
+    let spool_disk = spool_disk::SpoolDisk::mount(&out.join("spool")).await?;
     let mut pipeline = Supervisor::new(&args.bin, &logs);
 
     let ctx = phases::Setup {
         args: &args,
-        out: &out,
         logs: &logs,
         broker: &broker,
         database: &database,
+        spool_disk: &spool_disk,
     };
     let outcome = ctx.run(&mut pipeline, started, &shutdown).await;
 
@@ -125,6 +127,9 @@ pub async fn run(args: ChaosArgs, shutdown: CancellationToken) -> anyhow::Result
     }
     if let Err(err) = database.stop().await {
         teardown_failures.push(format!("teardown of the PostgreSQL cluster: {err:#}"));
+    }
+    if let Err(err) = spool_disk.unmount().await {
+        teardown_failures.push(format!("teardown of the spool disk: {err:#}"));
     }
     let _ = std::fs::copy(database.log_file(), logs.join("postgresql.log"));
     if teardown_failures.is_empty() {

@@ -20,6 +20,7 @@ use super::load::{self, LoadShape};
 use super::queues::QueueWatch;
 use super::recovery::Prober;
 use super::report::{ChaosResult, LoadSettings, QueueDepth};
+use super::spool_disk::SpoolDisk;
 use super::{ChaosArgs, STOP_GRACE, dead_letters, logs, tools, verify};
 use crate::process::Supervisor;
 use tester::serve::OnlineRule;
@@ -52,10 +53,10 @@ const READY_LIMIT: Duration = Duration::from_secs(30);
 /// What a run works with.
 pub struct Setup<'a> {
     pub args: &'a ChaosArgs,
-    pub out: &'a Path,
     pub logs: &'a Path,
     pub broker: &'a BrokerNode,
     pub database: &'a DatabaseCluster,
+    pub spool_disk: &'a SpoolDisk,
 }
 
 impl Setup<'_> {
@@ -121,6 +122,7 @@ impl Setup<'_> {
             pipeline: &mut *pipeline,
             broker: self.broker,
             database: self.database,
+            spool_disk: self.spool_disk,
             queues: &queues,
             prober: &prober,
             outage: Duration::from_secs(self.args.outage_secs),
@@ -224,13 +226,6 @@ impl Setup<'_> {
                 );
             }
         }
-        let spool = self.out.join("spool");
-        if spool.exists() {
-            std::fs::remove_dir_all(&spool)
-                .with_context(|| format!("cannot empty {}", spool.display()))?;
-        }
-        std::fs::create_dir_all(&spool)
-            .with_context(|| format!("cannot create {}", spool.display()))?;
         let common = [
             ("DATABASE_URL", self.database.database_url()),
             ("AMQP_URL", self.broker.amqp_url()),
@@ -276,7 +271,7 @@ impl Setup<'_> {
                 ("CALLBACK_ADDR", format!("127.0.0.1:{}", args.callback_port)),
                 (
                     "SPOOL_PATH",
-                    spool.join("producer.redb").display().to_string(),
+                    self.spool_disk.spool_path().display().to_string(),
                 ),
             ]),
         )?;
