@@ -147,7 +147,8 @@ pub fn persistent_json() -> BasicProperties {
         .with_content_type(ShortString::from("application/json"))
 }
 
-/// Publishes one mandatory message and returns the future that checks its confirm.
+/// Publishes one mandatory message and returns the future that checks its confirm: a
+/// message no queue takes is [`AmqpError::Unroutable`].
 ///
 /// Publishing and confirming are split so a caller can put many messages on the wire
 /// before waiting for the broker, which is what makes confirms cheap.
@@ -158,12 +159,36 @@ pub async fn publish_mandatory(
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<impl Future<Output = Result<(), AmqpError>> + use<>, AmqpError> {
+    publish_confirmed(channel, exchange, routing_key, body, properties, true).await
+}
+
+/// Publishes one event to an exchange for whoever subscribed, like
+/// [`publish_mandatory`] but without `mandatory`: an event no queue is bound for is
+/// dropped by the exchange, as publish-subscribe has it, and is no error.
+pub async fn publish_event(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<impl Future<Output = Result<(), AmqpError>> + use<>, AmqpError> {
+    publish_confirmed(channel, exchange, routing_key, body, properties, false).await
+}
+
+async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+    mandatory: bool,
+) -> Result<impl Future<Output = Result<(), AmqpError>> + use<>, AmqpError> {
     let confirm = channel
         .basic_publish(
             exchange.into(),
             routing_key.into(),
             BasicPublishOptions {
-                mandatory: true,
+                mandatory,
                 ..BasicPublishOptions::default()
             },
             body,
@@ -181,7 +206,7 @@ pub async fn publish_mandatory(
             }),
             Confirmation::Nack(_) => Err(AmqpError::Nacked { exchange }),
             Confirmation::NotRequested => {
-                unreachable!("publish_mandatory is only called on confirm-mode channels")
+                unreachable!("messages are only published on confirm-mode channels")
             }
         }
     })

@@ -133,8 +133,10 @@ impl Relay {
             let body = serde_json::to_vec(&row.payload).expect("a JSON value always serializes");
             let properties =
                 amqp::persistent_json().with_message_id(ShortString::from(row.id.to_string()));
+            // An event nobody subscribed to is dropped by the exchange: published all the
+            // same (with NOTIFICATIONS_QUEUE_MAX_LENGTH=0 no queue takes every event).
             confirms.push(
-                amqp::publish_mandatory(
+                amqp::publish_event(
                     &channel,
                     &self.topology.notifications_exchange,
                     &row.routing_key,

@@ -64,3 +64,46 @@ async fn a_notification_queue_declared_with_another_bound_is_a_refused_setting()
     assert!(message.contains("rabbitmqctl delete_queue"), "{message}");
     env.teardown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_notification_queue_events_nobody_subscribed_to_are_still_published()
+-> anyhow::Result<()> {
+    let mut env = TestEnv::start(Status::default()).await?;
+    // No queue is bound to the notifications exchange at all.
+    env.channel
+        .queue_delete(
+            env.topology().notifications_queue.as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await?;
+    env.start_sweeper(&["--notifications-queue-max-length=0"])?;
+    let now = chrono::Utc::now();
+    sqlx::query(
+        "INSERT INTO objects (id, first_seen, last_seen, expires_at)
+         SELECT id, $1, $1, $2 FROM generate_series(1, 3) AS id",
+    )
+    .bind(now - chrono::Duration::seconds(30))
+    .bind(now)
+    .execute(&env.pool)
+    .await?;
+    let pool = env.pool.clone();
+    let published = env
+        .eventually(std::time::Duration::from_secs(20), || {
+            let pool = pool.clone();
+            async move {
+                let (all, published): (i64, i64) = sqlx::query_as(
+                    "SELECT count(*), count(*) FILTER (WHERE published_at IS NOT NULL)
+                     FROM notifications",
+                )
+                .fetch_one(&pool)
+                .await?;
+                Ok(all >= 4 && published == all)
+            }
+        })
+        .await?;
+    assert!(
+        published,
+        "the relay must not hold events nobody subscribed to"
+    );
+    env.teardown().await
+}

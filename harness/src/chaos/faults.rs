@@ -44,15 +44,16 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// The order of a run.
+    /// The order of a run. The spool's disk fills before any other fault spooled anything: pages the spool
+    /// once used are its own, and a full disk would not stop it writing there.
     pub const SCHEDULE: [Fault; 7] = [
         Fault::KillConsumer,
         Fault::KillProducer,
         Fault::KillSweeper,
+        Fault::SpoolDiskFull,
         Fault::StopRabbitMq,
         Fault::StopPostgres,
         Fault::MemoryAlarm,
-        Fault::SpoolDiskFull,
     ];
 
     pub fn describe(self, outage: Duration) -> String {
