@@ -44,8 +44,9 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// The order of a run. The spool's disk fills before any other fault spooled anything: pages the spool
-    /// once used are its own, and a full disk would not stop it writing there.
+    /// The order of a run. The spool's disk fills before any other fault spooled
+    /// anything: pages the spool once used are its own, and a full disk would not stop it
+    /// writing there.
     pub const SCHEDULE: [Fault; 7] = [
         Fault::KillConsumer,
         Fault::KillProducer,
