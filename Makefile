@@ -38,7 +38,7 @@ lint:
 	python3 scripts/module_cycles.py .
 	python3 scripts/check_webhook_example.py README.md
 
-## memory-check: the producer's memory through 100,000 callbacks to a broker 0.5 s away each way, then drained (make test runs it with 20,000)
+## memory-check: the producer's memory through 100,000 callbacks to a broker 0.5 s away each way, then drained (make test runs it with 10,000)
 memory-check: services
 	MEMORY_TEST_CALLBACKS=100000 $(CARGO) test --locked -p e2e --test it producer_memory_stays -- --nocapture
 

@@ -3,14 +3,15 @@
 //! message RabbitMQ returns as unroutable can only fail the callback that published it.
 //!
 //! A broker too slow to confirm within a callback's bound is not asked again by every
-//! callback: after such a timeout the publisher is *lagging*, callbacks go straight to
+//! callback: after [`LAGGING_AFTER_TIMEOUTS`] such timeouts in a row the publisher is
+//! *lagging*, callbacks go straight to
 //! the spool, and only the drain publishes (with its longer bound) until one of its
 //! rounds is confirmed, or a new session replaces the lagging one. So a slow broker costs one channel and one pending publish at a
 //! time, not one per callback.
 
 use std::sync::Arc;
 use std::sync::Weak;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::try_join_all;
@@ -37,6 +38,10 @@ pub enum PublishError {
 /// Longest wait for the broker to acknowledge closing a retired channel.
 const CHANNEL_CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
+/// Publishes not confirmed in time, one after another, that make the publisher lagging:
+/// one late confirm on a busy machine is not a slow broker.
+pub const LAGGING_AFTER_TIMEOUTS: u32 = 3;
+
 /// Longest wait for a channel that opened too late for its callback, before it is
 /// closed (or the session renewed).
 const LATE_CHANNEL_LIMIT: Duration = Duration::from_secs(30);
@@ -60,6 +65,8 @@ pub struct CallbackPublisher {
     /// publish is. While it is the current session, callbacks are spooled without trying
     /// RabbitMQ.
     lagging: std::sync::Mutex<Option<Weak<Session>>>,
+    /// Publishes not confirmed in time since the last one that was.
+    timeouts_in_a_row: AtomicU32,
 }
 
 impl CallbackPublisher {
@@ -72,6 +79,7 @@ impl CallbackPublisher {
             topology,
             channel_count: channel_count.max(1),
             lagging: std::sync::Mutex::new(None),
+            timeouts_in_a_row: AtomicU32::new(0),
         })
     }
 
@@ -96,11 +104,16 @@ impl CallbackPublisher {
             .is_some_and(|session| Arc::ptr_eq(&session, &current))
     }
 
-    fn lagging_on(&self, session: &Arc<Session>) {
-        *self
-            .lagging
-            .lock()
-            .expect("the lagging lock is never poisoned") = Some(Arc::downgrade(session));
+    /// Counts a publish not confirmed in time on `session`; the publisher lags after
+    /// [`LAGGING_AFTER_TIMEOUTS`] in a row.
+    fn timed_out_on(&self, session: &Arc<Session>) {
+        let in_a_row = self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_a_row >= LAGGING_AFTER_TIMEOUTS {
+            *self
+                .lagging
+                .lock()
+                .expect("the lagging lock is never poisoned") = Some(Arc::downgrade(session));
+        }
     }
 
     /// Publishes spooled callbacks (the drain): like [`Self::publish`], and once RabbitMQ
@@ -187,7 +200,7 @@ impl CallbackPublisher {
                 let opened = match tokio::time::timeout(remaining, &mut opening).await {
                     Ok(opened) => opened,
                     Err(_) => {
-                        self.lagging_on(&session);
+                        self.timed_out_on(&session);
                         tokio::spawn(close_when_open(opening));
                         return Err(PublishError::Timeout);
                     }
@@ -214,6 +227,7 @@ impl CallbackPublisher {
         metrics::histogram!(metric::PUBLISH_CONFIRM_SECONDS, "outcome" => outcome)
             .record(publishing.elapsed().as_secs_f64());
         if result.is_ok() {
+            self.timeouts_in_a_row.store(0, Ordering::Relaxed);
             let ids: usize = messages.iter().map(|m| m.object_ids.len()).sum();
             metrics::counter!(metric::IDS_PUBLISHED_TOTAL).increment(ids as u64);
         }
@@ -229,7 +243,7 @@ impl CallbackPublisher {
             });
             if session.is_usable() {
                 if matches!(err, PublishError::Timeout) {
-                    self.lagging_on(&session);
+                    self.timed_out_on(&session);
                 }
                 tracing::warn!(error = %err, "publish not confirmed in time");
             } else {

@@ -1,4 +1,4 @@
-//! The producer's memory through a slow broker: 20,000 callbacks (`make memory-check`:
+//! The producer's memory through a slow broker: 10,000 callbacks (`make memory-check`:
 //! 100,000) while every byte to and from RabbitMQ is half a second late (so no publish is
 //! confirmed within its bound), then the broker quick again. Its resident memory must stay
 //! bounded: no confirm, channel or callback may be kept per callback. The figures are
@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tester::callback::{Answer, CallbackClient};
 
 /// Callbacks posted while the broker is slow (`MEMORY_TEST_CALLBACKS` overrides).
-const CALLBACKS: u64 = 20_000;
+const CALLBACKS: u64 = 10_000;
 
 /// Resident memory of process `pid` in MiB, from /proc.
 fn resident_mib(pid: u32) -> Option<u64> {
