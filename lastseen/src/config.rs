@@ -74,7 +74,8 @@ pub fn one_line_error(err: &clap::Error) -> String {
     } else {
         redact_url(value)
     };
-    line.replace(value, &shown)
+    // Only the value as clap quotes it: a short value may also stand inside other words.
+    line.replace(&format!("'{value}'"), &format!("'{shown}'"))
 }
 
 /// `url` with the password of its user info replaced by `***`; anything else as it is.
