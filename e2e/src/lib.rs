@@ -221,6 +221,20 @@ impl TestEnv {
         Ok(url)
     }
 
+    /// Starts a producer like [`Self::start_producer`] and waits until it is connected
+    /// to RabbitMQ, for tests that assert a callback was published rather than spooled.
+    /// Its publish bound is 5 s unless `extra` sets one: the product's 200 ms is about a
+    /// healthy broker, and a CI runner busy with the other tests can miss it once.
+    pub async fn start_connected_producer(&mut self, extra: &[&str]) -> anyhow::Result<String> {
+        let mut args = extra.to_vec();
+        if !args.iter().any(|a| a.starts_with("--publish-timeout-ms")) {
+            args.push("--publish-timeout-ms=5000");
+        }
+        let url = self.start_producer(&args).await?;
+        until_readiness(base_of(&url), "ready", Duration::from_secs(30)).await?;
+        Ok(url)
+    }
+
     /// Starts a consumer; returns its index for [`Self::stop`].
     pub fn start_consumer(&mut self, extra: &[&str]) -> anyhow::Result<usize> {
         let status = format!("--status-url={}", self.status_url);
@@ -393,6 +407,44 @@ pub async fn post_ids(url: &str, ids: &[i64]) -> anyhow::Result<()> {
     let (code, answer) = post_callback(url, Some("application/json"), body).await?;
     anyhow::ensure!(code == 202, "callback answered {code}: {answer}");
     Ok(())
+}
+
+/// `GET {base}/readyz`: its status code and body (0 and the error text when nothing
+/// answered).
+pub async fn readiness(base: &str) -> (u16, serde_json::Value) {
+    match reqwest::get(format!("{base}/readyz")).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or_default())
+        }
+        Err(err) => (0, serde_json::Value::String(err.to_string())),
+    }
+}
+
+/// Polls `{base}/readyz` until its `status` field is `wanted`; returns how long that
+/// took and the body that said it.
+pub async fn until_readiness(
+    base: &str,
+    wanted: &str,
+    within: Duration,
+) -> anyhow::Result<(Duration, serde_json::Value)> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let (_, body) = readiness(base).await;
+        if body["status"] == wanted {
+            return Ok((started.elapsed(), body));
+        }
+        anyhow::ensure!(
+            started.elapsed() < within,
+            "{base}/readyz did not say {wanted:?} within {within:?}; last: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The base URL (scheme, host and port) of a producer's callback URL.
+pub fn base_of(callback_url: &str) -> &str {
+    callback_url.trim_end_matches("/callback")
 }
 
 /// POSTs a JSON callback; returns the status and the body as JSON (or Null).

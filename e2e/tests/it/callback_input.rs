@@ -14,7 +14,7 @@ async fn rejected(
     extra: &[&str],
 ) -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::default()).await?;
-    let url = env.start_producer(extra).await?;
+    let url = env.start_connected_producer(extra).await?;
     let checks = env.topology().checks_queue;
 
     let (got, error) = post_callback(&url, content_type, body).await?;
@@ -140,7 +140,7 @@ async fn callback_with_ttl_above_max_ttl_secs_is_rejected_and_one_at_it_accepted
     )
     .await?;
     let mut env = TestEnv::start(Status::default()).await?;
-    let url = env.start_producer(&["--max-ttl-secs=60"]).await?;
+    let url = env.start_connected_producer(&["--max-ttl-secs=60"]).await?;
     let (status, answer) = post_callback(&url, JSON, r#"{"object_ids":[1],"ttl_secs":60}"#).await?;
     assert_eq!(
         (status, answer),
@@ -191,7 +191,7 @@ async fn callback_of_ten_thousand_ids_is_accepted_whole() -> anyhow::Result<()> 
     // A generous confirm bound: this test is about the size, not the spool (a slow debug
     // build on a busy machine would otherwise spool it, which is also a 202).
     let url = env
-        .start_producer(&["--ids-per-message=1", "--publish-timeout-ms=5000"])
+        .start_connected_producer(&["--ids-per-message=1", "--publish-timeout-ms=5000"])
         .await?;
     let ids: Vec<i64> = (i64::MAX - 9_999..=i64::MAX).collect();
     let (status, body) =
@@ -207,7 +207,9 @@ async fn callback_of_ten_thousand_ids_is_accepted_whole() -> anyhow::Result<()> 
 #[tokio::test]
 async fn empty_and_duplicate_ids_are_accepted_as_distinct_ids() -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::default()).await?;
-    let url = env.start_producer(&["--ids-per-message=1"]).await?;
+    let url = env
+        .start_connected_producer(&["--ids-per-message=1"])
+        .await?;
     let (status, body) = post_callback(&url, JSON, r#"{"object_ids":[]}"#).await?;
     assert_eq!(
         (status, body),

@@ -255,7 +255,9 @@ fn arbitrary_callback_bodies_never_get_a_5xx_and_only_accepted_ids_are_published
     let (env, url) = runtime.block_on(async {
         let mut env = TestEnv::start(Status::default()).await?;
         // Few ids per message, so most accepted bodies are split over several messages.
-        let url = env.start_producer(&["--ids-per-message=3"]).await?;
+        let url = env
+            .start_connected_producer(&["--ids-per-message=3"])
+            .await?;
         anyhow::Ok((env, url))
     })?;
     let mut runner = TestRunner::new(Config {

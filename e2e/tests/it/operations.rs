@@ -4,12 +4,12 @@
 //! a callback's request id shows up in the consumer's logs.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use e2e::fault_proxy::FaultProxy;
 use e2e::process::{free_port, scrape};
-use e2e::{Status, TestEnv, post_callback, post_ids};
+use e2e::{Status, TestEnv, post_callback, post_ids, readiness, until_readiness};
 use harness::process::Process;
 use serde_json::Value;
 
@@ -44,30 +44,9 @@ fn start_on_free_port(
     Ok((process, format!("http://127.0.0.1:{port}")))
 }
 
-async fn readiness(base: &str) -> (u16, Value) {
-    match reqwest::get(format!("{base}/readyz")).await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            (status, response.json().await.unwrap_or(Value::Null))
-        }
-        Err(err) => (0, Value::String(err.to_string())),
-    }
-}
-
 /// Polls `/readyz` until its `status` field is `wanted`; returns how long that took.
 async fn until_status(base: &str, wanted: &str, within: Duration) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    loop {
-        let (_, body) = readiness(base).await;
-        if body["status"] == wanted {
-            return Ok(started.elapsed());
-        }
-        anyhow::ensure!(
-            started.elapsed() < within,
-            "{base}/readyz did not say {wanted:?} within {within:?}; last: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Ok(until_readiness(base, wanted, within).await?.0)
 }
 
 fn sample(metrics: &HashMap<String, f64>, key: &str) -> f64 {
@@ -83,8 +62,16 @@ async fn every_binary_serves_metrics_that_count_what_happened() -> anyhow::Resul
     })
     .await?;
     let base = env.process_env();
-    let (_producer, producer) =
-        start_on_free_port("producer", &base, &[("IDS_PER_MESSAGE", "50".into())])?;
+    // A 5 s publish bound: the counts below say "published", and a busy CI runner can
+    // miss the default 200 ms once.
+    let (_producer, producer) = start_on_free_port(
+        "producer",
+        &base,
+        &[
+            ("IDS_PER_MESSAGE", "50".into()),
+            ("PUBLISH_TIMEOUT_MS", "5000".into()),
+        ],
+    )?;
     let (_consumer, consumer) =
         start_on_free_port("consumer", &base, &[("OBJECT_TTL_SECS", "2".into())])?;
     let (_sweeper, sweeper) = start_on_free_port("sweeper", &base, &[])?;

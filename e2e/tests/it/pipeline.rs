@@ -13,7 +13,7 @@ async fn thousand_ids_in_five_callbacks_store_exactly_the_even_ids_and_leave_no_
     let status = Status::default();
     let longest_delay = Duration::from_millis(status.delay_max_ms);
     let mut env = TestEnv::start(status).await?;
-    let url = env.start_producer(&[]).await?;
+    let url = env.start_connected_producer(&[]).await?;
     env.start_consumer(&[])?;
     env.start_consumer(&[])?;
     // The clock starts with the pipeline up, not with the processes booting.

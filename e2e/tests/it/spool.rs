@@ -7,31 +7,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use e2e::fault_proxy::FaultProxy;
-use e2e::{Status, TestEnv, post_callback};
+use e2e::{Status, TestEnv, base_of, post_callback, readiness, until_readiness};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 const JSON: Option<&str> = Some("application/json");
 
-async fn readiness(callback_url: &str) -> anyhow::Result<(u16, Value)> {
-    let response = reqwest::get(callback_url.replace("/callback", "/readyz")).await?;
-    let status = response.status().as_u16();
-    Ok((status, response.json().await?))
-}
-
 async fn wait_for_readiness(url: &str, wanted: &str) -> anyhow::Result<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, body) = readiness(url).await?;
-        if body["status"] == wanted {
-            return Ok(body);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "readyz never said {wanted:?}; last: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_, body) = until_readiness(base_of(url), wanted, Duration::from_secs(15)).await?;
+    Ok(body)
 }
 
 /// Ids in the ready messages of the work queue (taken off it).
@@ -79,7 +63,7 @@ async fn thousand_callbacks_while_rabbitmq_is_down_all_get_202_and_every_id_is_s
             (202, json!({ "accepted": 3, "spooled": true }))
         );
     }
-    let (status, ready) = readiness(&url).await?;
+    let (status, ready) = readiness(base_of(&url)).await;
     assert_eq!(
         status, 200,
         "a spooling producer still takes callbacks: {ready}"
@@ -136,7 +120,7 @@ async fn a_callback_whose_confirms_do_not_arrive_in_time_is_spooled_then_publish
         "the callback waited {:?}, beyond a client's 1 s timeout",
         started.elapsed()
     );
-    let (_, ready) = readiness(&url).await?;
+    let (_, ready) = readiness(base_of(&url)).await;
     assert_eq!(ready["status"], "degraded", "{ready}");
 
     proxy.restore().await?;
