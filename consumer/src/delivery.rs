@@ -2,9 +2,11 @@
 //! ones to retry, and ack only when all of that is durable.
 
 use lastseen::contract::metric;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use chrono::Utc;
+use futures::FutureExt;
 use futures::future::join_all;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -12,6 +14,7 @@ use lastseen::store::objects::Sighting;
 use lastseen::{CheckMessage, ObjectId};
 use tracing::Instrument;
 
+use crate::redelivery::{self, Redelivery, RenewPolicy};
 use crate::retry::{Outcome, Retrier, attempt_of};
 use crate::status::StatusClient;
 use crate::writer::LastSeenWriter;
@@ -34,6 +37,8 @@ pub struct Context {
     pub ended: tokio_util::sync::CancellationToken,
     /// TTL of sightings from messages that carry none (`OBJECT_TTL_SECS`).
     pub default_ttl: std::time::Duration,
+    /// When a redelivered message is re-published fresh (see [`crate::redelivery`]).
+    pub renew: RenewPolicy,
 }
 
 /// Handles one delivery to the end: acked once durable, or left unacked (and so
@@ -41,9 +46,69 @@ pub struct Context {
 pub async fn handle(delivery: Delivery, ctx: Arc<Context>) {
     let ended = ctx.ended.clone();
     tokio::select! {
-        () = settle(&delivery, &ctx) => {}
+        settled = AssertUnwindSafe(settle(&delivery, &ctx)).catch_unwind() => {
+            if let Err(panic) = settled {
+                let reason = format!("the consumer panicked handling it: {}", panic_text(&*panic));
+                tracing::error!(%reason, "dead-lettering");
+                dead_letter(&delivery, &ctx, &reason, "panicked", None).await;
+            }
+        }
         () = ended.cancelled() => {
             tracing::debug!("session broke; the delivery is left for redelivery");
+        }
+    }
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// Sends a delivery as it is to the dead-letter queue with `reason` (and `request_id`,
+/// when known), then acks it; if that fails, requeues it and renews the session.
+async fn dead_letter(
+    delivery: &Delivery,
+    ctx: &Context,
+    reason: &str,
+    label: &'static str,
+    request_id: Option<&str>,
+) {
+    let attempt = attempt_of(&delivery.properties);
+    match ctx
+        .retrier
+        .dead_letter(&delivery.data, attempt, reason, request_id)
+        .await
+    {
+        Ok(()) => {
+            metrics::counter!(metric::DEAD_LETTERS_TOTAL, "reason" => label).increment(1);
+            ack(delivery).await;
+        }
+        Err(err) => {
+            ctx.session_failed.cancel();
+            requeue(delivery, &err.to_string()).await;
+        }
+    }
+}
+
+/// Re-publishes a delivery fresh (see [`crate::redelivery`]), then acks it.
+async fn renew(delivery: &Delivery, ctx: &Context, redeliveries: u64) {
+    let properties = redelivery::renewed(&delivery.properties, redeliveries);
+    match ctx.retrier.renew(&delivery.data, properties).await {
+        Ok(()) => {
+            metrics::counter!(metric::DELIVERIES_RENEWED_TOTAL).increment(1);
+            tracing::info!(
+                redeliveries,
+                "redelivered often by session breaks; re-published fresh"
+            );
+            ack(delivery).await;
+        }
+        Err(err) => {
+            ctx.session_failed.cancel();
+            requeue(delivery, &err.to_string()).await;
         }
     }
 }
@@ -60,24 +125,21 @@ async fn settle(delivery: &Delivery, ctx: &Context) {
         Err(err) => {
             let reason = format!("malformed check message: {err}");
             tracing::warn!(%reason, "dead-lettering");
-            match ctx
-                .retrier
-                .dead_letter(&delivery.data, attempt, &reason, None)
-                .await
-            {
-                Ok(()) => {
-                    metrics::counter!(metric::DEAD_LETTERS_TOTAL, "reason" => "malformed")
-                        .increment(1);
-                    ack(delivery).await;
-                }
-                Err(err) => {
-                    ctx.session_failed.cancel();
-                    requeue(delivery, &err.to_string()).await;
-                }
-            }
-            return;
+            return dead_letter(delivery, ctx, &reason, "malformed", None).await;
         }
     };
+    match ctx.renew.judge(&delivery.properties) {
+        Redelivery::Handle => {}
+        Redelivery::Renew { redeliveries } => return renew(delivery, ctx, redeliveries).await,
+        Redelivery::GiveUp { redeliveries } => {
+            let reason = format!(
+                "delivered {redeliveries} times without being settled: it keeps breaking its consumers"
+            );
+            tracing::error!(%reason, "dead-lettering");
+            let request_id = message.request_id.as_deref();
+            return dead_letter(delivery, ctx, &reason, "redelivered", request_id).await;
+        }
+    }
 
     let span = tracing::info_span!(
         "delivery",

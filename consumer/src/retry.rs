@@ -95,6 +95,13 @@ impl Retrier {
             .await
     }
 
+    /// Puts a copy of a delivery back at the tail of the work queue, with `properties`
+    /// (see [`crate::redelivery`]); returns once confirmed.
+    pub async fn renew(&self, body: &[u8], properties: BasicProperties) -> Result<(), AmqpError> {
+        self.publish_confirmed("", &self.topology.checks_queue, body, properties)
+            .await
+    }
+
     /// Publishes one message and waits for its confirm, alone on the channel: RabbitMQ
     /// may ack several publishes at once, and lapin then hands a returned message to any
     /// one of them, so only one publish may be awaiting its confirm.
@@ -127,20 +134,7 @@ fn with_headers(attempt: u32, reason: &str) -> BasicProperties {
 
 /// The attempt number of a delivery, from its header (1 when absent).
 pub fn attempt_of(properties: &BasicProperties) -> u32 {
-    let value = properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(header::ATTEMPT).cloned());
-    let n: i64 = match value {
-        Some(AMQPValue::LongLongInt(n)) => n,
-        Some(AMQPValue::LongInt(n)) => i64::from(n),
-        Some(AMQPValue::LongUInt(n)) => i64::from(n),
-        Some(AMQPValue::ShortInt(n)) => i64::from(n),
-        Some(AMQPValue::ShortUInt(n)) => i64::from(n),
-        Some(AMQPValue::ShortShortInt(n)) => i64::from(n),
-        Some(AMQPValue::ShortShortUInt(n)) => i64::from(n),
-        _ => 1,
-    };
+    let n = amqp::header_int(properties, header::ATTEMPT).unwrap_or(1);
     u32::try_from(n.max(1)).unwrap_or(u32::MAX)
 }
 

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::delivery::{self, Context};
+use crate::redelivery::RenewPolicy;
 use crate::retry::{Retrier, RetryPolicy};
 use crate::status::StatusClient;
 use crate::writer::LastSeenWriter;
@@ -203,6 +204,7 @@ async fn consume(
         session_failed: CancellationToken::new(),
         ended: CancellationToken::new(),
         default_ttl: Duration::from_secs(u64::from(shared.config.object_ttl_secs)),
+        renew: RenewPolicy::new(shared.config.topology.delivery_limit),
     });
     // Any way out but shutdown means the session broke: stop its deliveries' work.
     let session_ended = ctx.ended.clone().drop_guard();

@@ -140,6 +140,21 @@ pub fn with_request_id(properties: BasicProperties, request_id: Option<&str>) ->
     properties.with_headers(headers)
 }
 
+/// The integer value of header `name`, whatever integer type the sender gave it.
+pub fn header_int(properties: &BasicProperties, name: &str) -> Option<i64> {
+    use lapin::types::AMQPValue;
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
 /// Properties of a persistent JSON message.
 pub fn persistent_json() -> BasicProperties {
     BasicProperties::default()

@@ -13,6 +13,9 @@ pub mod metric {
     pub const CHECKS_IN_FLIGHT: &str = "lastseen_checks_in_flight";
     /// Messages taken from the work queue, by `redelivered`. Consumer.
     pub const DELIVERIES_TOTAL: &str = "lastseen_deliveries_total";
+    /// Messages re-published fresh to the work queue because session breaks had brought
+    /// their delivery count near the queue's limit. Consumer.
+    pub const DELIVERIES_RENEWED_TOTAL: &str = "lastseen_deliveries_renewed_total";
     /// Messages dead-lettered, by `reason`. Consumer.
     pub const DEAD_LETTERS_TOTAL: &str = "lastseen_dead_letters_total";
     /// Time from an object's deadline to its expiry. Sweeper.
@@ -67,6 +70,12 @@ pub mod header {
     pub const REQUEST_ID: &str = "x-request-id";
     /// How many times a check message has been tried (AMQP; retries and dead letters).
     pub const ATTEMPT: &str = "x-attempt";
+    /// How often RabbitMQ delivered a message before (AMQP; set by quorum queues on a
+    /// redelivery, and counted against the queue's `delivery-limit`).
+    pub const DELIVERY_COUNT: &str = "x-delivery-count";
+    /// Deliveries a check message had before the consumer re-published it fresh, summed
+    /// over every renewal (AMQP; see the consumer's `redelivery` module).
+    pub const REDELIVERIES: &str = "x-redeliveries";
     /// Why a message was dead-lettered (AMQP).
     pub const REASON: &str = "x-reason";
     /// The notification's id, the same on every attempt and the same as the AMQP

@@ -20,6 +20,7 @@ mod refused_settings;
 mod replay;
 mod retention;
 mod schema;
+mod session_breaks;
 mod slow_clients;
 mod spool;
 mod webhook;

@@ -41,12 +41,8 @@ fn read(delivery: &lapin::message::Delivery) -> DeadLetter {
     let reason = header(lastseen::contract::header::REASON)
         .or_else(|| header("x-first-death-reason"))
         .map_or_else(|| "unknown".to_owned(), |v| text(&v));
-    let attempt = header(lastseen::contract::header::ATTEMPT).and_then(|v| match v {
-        AMQPValue::LongLongInt(n) => Some(n),
-        AMQPValue::LongInt(n) => Some(i64::from(n)),
-        AMQPValue::LongUInt(n) => Some(i64::from(n)),
-        _ => None,
-    });
+    let attempt =
+        lastseen::amqp::header_int(&delivery.properties, lastseen::contract::header::ATTEMPT);
     match serde_json::from_slice::<CheckMessage>(&delivery.data) {
         Ok(message) => DeadLetter {
             object_ids: message.object_ids.iter().map(|id| id.get()).collect(),

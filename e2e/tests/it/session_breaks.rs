@@ -1,0 +1,105 @@
+//! A broken session is not the message's failure: however often the consumer's connection
+//! breaks while a message is in flight (broker flaps, restarts), the message is checked
+//! and stored in the end, never dead-lettered for it by the queue's delivery limit.
+
+use std::time::Duration;
+
+use e2e::fault_proxy::FaultProxy;
+use e2e::{Status, TestEnv};
+use lapin::options::QueueDeleteOptions;
+use lastseen::topology::{CHECK_ROUTING_KEY, Topology};
+use serde_json::json;
+
+/// The work queue's delivery limit in this test: small, so a few breaks pass it.
+const DELIVERY_LIMIT: u32 = 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_flight_through_many_session_breaks_is_stored_not_dead_lettered()
+-> anyhow::Result<()> {
+    // Every check takes 1.5 to 2 s, so the message is in flight when the connection is cut.
+    let mut env = TestEnv::start(Status {
+        delay_min_ms: 1500,
+        delay_max_ms: 2000,
+        online: "all",
+        ..Status::default()
+    })
+    .await?;
+    let mut args = env.topology_args();
+    args.delivery_limit = DELIVERY_LIMIT;
+    let topology = Topology::new(&args);
+    env.channel
+        .queue_delete(
+            topology.checks_queue.as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await?;
+    topology.declare(&env.channel).await?;
+
+    let proxy = FaultProxy::start(e2e::amqp_server().host()).await?;
+    env.start_consumer(&[
+        &format!("--amqp-url={}", proxy.amqp_url()),
+        &format!("--delivery-limit={DELIVERY_LIMIT}"),
+    ])?;
+    let channel = lastseen::amqp::confirm_channel(&env.amqp).await?;
+    let body = json!({ "object_ids": [42], "accepted_at": chrono::Utc::now() }).to_string();
+    lastseen::amqp::publish_mandatory(
+        &channel,
+        &topology.callbacks_exchange,
+        CHECK_ROUTING_KEY,
+        body.as_bytes(),
+        lastseen::amqp::persistent_json(),
+    )
+    .await?
+    .await?;
+
+    // Three times the limit: each break returns the message to the queue, and RabbitMQ
+    // counts it as a delivery.
+    let breaks = 3 * DELIVERY_LIMIT;
+    for n in 1..=breaks {
+        let in_flight = env
+            .eventually(Duration::from_secs(30), || async {
+                let counts = env.broker.counts(&topology.checks_queue).await?;
+                Ok(counts.consumers == 1 && counts.ready == 0)
+            })
+            .await?;
+        assert!(in_flight, "break {n}: the consumer never took the message");
+        assert_eq!(
+            env.ready(&topology.dead_letter_queue).await?,
+            0,
+            "dead-lettered after {} session breaks (delivery limit {DELIVERY_LIMIT})",
+            n - 1
+        );
+        proxy.cut();
+        // Back in the queue once RabbitMQ saw the connection close.
+        let returned = env
+            .eventually(Duration::from_secs(10), || async {
+                Ok(env.broker.counts(&topology.checks_queue).await?.consumers == 0)
+            })
+            .await?;
+        assert!(returned, "break {n}: RabbitMQ kept the consumer");
+        proxy.restore().await?;
+    }
+
+    let pool = env.pool.clone();
+    let stored = env
+        .eventually(Duration::from_secs(60), || {
+            let pool = pool.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM objects WHERE id = 42")
+                    .fetch_one(&pool)
+                    .await?;
+                Ok(n == 1)
+            }
+        })
+        .await?;
+    let dead = env.ready(&topology.dead_letter_queue).await?;
+    assert_eq!(dead, 0, "dead-lettered after {breaks} session breaks");
+    assert!(stored, "id 42 was not stored after {breaks} session breaks");
+    let left = env
+        .eventually(Duration::from_secs(10), || async {
+            Ok(env.ready(&topology.checks_queue).await? == 0)
+        })
+        .await?;
+    assert!(left, "a message was left in the work queue");
+    env.teardown().await
+}
