@@ -176,9 +176,25 @@ impl Application {
     }
 }
 
-/// One AMQP session: declare, subscribe, dispatch deliveries until the stream ends, a
-/// forward to retry fails, or shutdown. Returns the session (to close it once drained)
-/// only on shutdown.
+/// Subscribes to the work queue on `channel`.
+async fn subscribe(channel: &lapin::Channel, shared: &Shared) -> anyhow::Result<lapin::Consumer> {
+    let consumer = channel
+        .basic_consume(
+            shared.topology.checks_queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
+        .await?;
+    shared.consuming.store(true, Ordering::Relaxed);
+    tracing::info!(queue = %shared.topology.checks_queue, prefetch = shared.config.prefetch, "consuming");
+    Ok(consumer)
+}
+
+/// One AMQP session: declare, subscribe, dispatch deliveries until the session breaks, a
+/// forward to retry fails, or shutdown (a subscription RabbitMQ cancels because the queue
+/// was deleted is renewed on the same session). Returns the session (to close it once
+/// drained) only on shutdown.
 async fn consume(
     session: &Session,
     shared: &Shared,
@@ -208,16 +224,8 @@ async fn consume(
     });
     // Any way out but shutdown means the session broke: stop its deliveries' work.
     let session_ended = ctx.ended.clone().drop_guard();
-    let mut consumer = channel
-        .basic_consume(
-            shared.topology.checks_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            no_args(),
-        )
-        .await?;
-    shared.consuming.store(true, Ordering::Relaxed);
-    tracing::info!(queue = %shared.topology.checks_queue, prefetch = shared.config.prefetch, "consuming");
+    let mut consumer = subscribe(&channel, shared).await?;
+    let mut resubscribing = lastseen::backoff::Retries::new();
     loop {
         tokio::select! {
             next = consumer.next() => match next {
@@ -225,7 +233,20 @@ async fn consume(
                     shared.tracker.spawn(delivery::handle(delivery, ctx.clone()));
                 }
                 Some(Err(err)) => return Err(err.into()),
-                None => anyhow::bail!("the subscription was closed by RabbitMQ"),
+                // RabbitMQ cancelled the subscription but the session is fine: the work
+                // queue was deleted. Deliveries in flight finish (their rows are
+                // committed; their acks go nowhere); the queue is declared again and
+                // consumed anew.
+                None => {
+                    shared.consuming.store(false, Ordering::Relaxed);
+                    tracing::warn!(queue = %shared.topology.checks_queue, "RabbitMQ cancelled the subscription (was the queue deleted?); declaring it again");
+                    if !resubscribing.pause(shutdown).await {
+                        session_ended.disarm();
+                        return Ok(ctx);
+                    }
+                    session.declare(&shared.topology).await?;
+                    consumer = subscribe(&channel, shared).await?;
+                }
             },
             () = ctx.session_failed.cancelled() => {
                 anyhow::bail!("forwarding a failed check to retry failed; renewing the session")

@@ -37,14 +37,21 @@ impl Session {
     /// Connects as `name` (shown in the management UI) and declares `topology`. One
     /// attempt; a refusal of the settings is [`AmqpError::Refused`].
     pub async fn open(url: &str, name: &str, topology: &Topology) -> Result<Self, AmqpError> {
-        let connection = amqp::connect(url, name).await?;
-        let channel = connection.create_channel().await?;
+        let session = Self {
+            connection: amqp::connect(url, name).await?,
+            opened: Instant::now(),
+        };
+        session.declare(topology).await?;
+        Ok(session)
+    }
+
+    /// Declares `topology` on a channel of its own: at the start, and again when the
+    /// broker says part of it is gone (a queue deleted by an admin). Idempotent.
+    pub async fn declare(&self, topology: &Topology) -> Result<(), AmqpError> {
+        let channel = self.channel().await?;
         topology.declare(&channel).await?;
         let _ = channel.close(200, "topology declared".into()).await;
-        Ok(Self {
-            connection,
-            opened: Instant::now(),
-        })
+        Ok(())
     }
 
     /// A new channel, for the caller alone (consuming, declaring).

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 use std::sync::Weak;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::try_join_all;
@@ -67,6 +67,8 @@ pub struct CallbackPublisher {
     lagging: std::sync::Mutex<Option<Weak<Session>>>,
     /// Publishes not confirmed in time since the last one that was.
     timeouts_in_a_row: AtomicU32,
+    /// True while the topology is being declared again after an unroutable publish.
+    redeclaring: Arc<AtomicBool>,
 }
 
 impl CallbackPublisher {
@@ -80,7 +82,31 @@ impl CallbackPublisher {
             channel_count: channel_count.max(1),
             lagging: std::sync::Mutex::new(None),
             timeouts_in_a_row: AtomicU32::new(0),
+            redeclaring: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Declares the topology again, in the background and once at a time: a publish
+    /// nothing routed means the work queue or its binding is gone (an admin deleted it),
+    /// and until it is back every callback goes to the spool.
+    fn redeclare(&self, session: &Arc<Session>) {
+        if self.redeclaring.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (session, topology, redeclaring) = (
+            session.clone(),
+            self.topology.clone(),
+            self.redeclaring.clone(),
+        );
+        tokio::spawn(async move {
+            match session.declare(&topology).await {
+                Ok(()) => {
+                    tracing::info!("a publish was unroutable; the topology is declared again")
+                }
+                Err(err) => tracing::warn!(error = %err, "declaring the topology again failed"),
+            }
+            redeclaring.store(false, Ordering::Release);
+        });
     }
 
     /// True when the publisher holds a usable connection to RabbitMQ.
@@ -242,8 +268,10 @@ impl CallbackPublisher {
                 let _ = tokio::time::timeout(CHANNEL_CLOSE_LIMIT, closing).await;
             });
             if session.is_usable() {
-                if matches!(err, PublishError::Timeout) {
-                    self.timed_out_on(&session);
+                match err {
+                    PublishError::Timeout => self.timed_out_on(&session),
+                    PublishError::Amqp(AmqpError::Unroutable { .. }) => self.redeclare(&session),
+                    _ => {}
                 }
                 tracing::warn!(error = %err, "publish not confirmed in time");
             } else {

@@ -16,6 +16,7 @@ mod operations;
 mod outages;
 mod pipeline;
 mod publishing;
+mod queue_deleted;
 mod refused_settings;
 mod replay;
 mod retention;

@@ -2,44 +2,29 @@
 //! way, retried after a failure; a dead webhook ends in "failed" and never holds expiry;
 //! two sweepers and a slow receiver still send each notification once.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use chrono::Utc;
 use e2e::{Status, TestEnv};
 use serde_json::Value;
+use tester::webhook_receiver::{Behaviour, WebhookReceiver};
 
-/// What the receiver got: headers and body of each request.
-type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+/// A webhook that answers 500 to its first request and 204 to the others.
+async fn start_receiver() -> anyhow::Result<WebhookReceiver> {
+    let behaviour = Behaviour {
+        fail_first: 1,
+        ..Behaviour::default()
+    };
+    WebhookReceiver::start("127.0.0.1:0".parse()?, behaviour).await
+}
 
-/// A webhook that answers 500 to its first request and 202 to the others.
-async fn start_receiver() -> anyhow::Result<(String, Received)> {
-    let received: Received = Arc::default();
-    let app = Router::new()
-        .route(
-            "/hook",
-            post(
-                |State(received): State<Received>, headers: HeaderMap, body: Bytes| async move {
-                    let mut all = received.lock().expect("the receiver's lock");
-                    all.push((headers, body));
-                    if all.len() == 1 {
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    } else {
-                        StatusCode::ACCEPTED
-                    }
-                },
-            ),
-        )
-        .with_state(received.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((url, received))
+/// A webhook that takes 3 s over every request.
+async fn start_slow_receiver() -> anyhow::Result<WebhookReceiver> {
+    let behaviour = Behaviour {
+        delay: Duration::from_secs(3),
+        ..Behaviour::default()
+    };
+    WebhookReceiver::start("127.0.0.1:0".parse()?, behaviour).await
 }
 
 async fn insert_due_objects(env: &TestEnv, ids: &[i64]) -> anyhow::Result<()> {
@@ -60,9 +45,9 @@ async fn insert_due_objects(env: &TestEnv, ids: &[i64]) -> anyhow::Result<()> {
 async fn every_notification_reaches_the_webhook_signed_and_is_retried_after_a_failure()
 -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::default()).await?;
-    let (url, received) = start_receiver().await?;
+    let receiver = start_receiver().await?;
     env.start_sweeper(&[
-        &format!("--notify-webhook-url={url}"),
+        &format!("--notify-webhook-url={}", receiver.url()),
         "--notify-webhook-secret=s3cret",
         "--notify-webhook-retry-base-ms=100",
     ])?;
@@ -95,7 +80,7 @@ async fn every_notification_reaches_the_webhook_signed_and_is_retried_after_a_fa
         "four deliveries, one of them on its second attempt"
     );
 
-    let requests = received.lock().expect("the receiver's lock").clone();
+    let requests = receiver.requests();
     assert_eq!(requests.len(), 5);
     for (id, routing_key, payload, _) in &rows {
         let (headers, body) = requests
@@ -166,38 +151,14 @@ async fn a_dead_webhook_ends_in_failed_and_never_holds_expiry() -> anyhow::Resul
     env.teardown().await
 }
 
-/// A webhook that takes 3 s over every request, recording each.
-async fn start_slow_receiver() -> anyhow::Result<(String, Received)> {
-    let received: Received = Arc::default();
-    let app = Router::new()
-        .route(
-            "/hook",
-            post(
-                |State(received): State<Received>, headers: HeaderMap, body: Bytes| async move {
-                    tokio::time::sleep(Duration::from_secs(3)).await;
-                    received
-                        .lock()
-                        .expect("the receiver's lock")
-                        .push((headers, body));
-                    StatusCode::NO_CONTENT
-                },
-            ),
-        )
-        .with_state(received.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((url, received))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sweepers_and_a_slow_webhook_deliver_each_notification_once_in_one_attempt()
 -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::default()).await?;
-    let (url, received) = start_slow_receiver().await?;
+    let receiver = start_slow_receiver().await?;
     for _ in 0..2 {
         env.start_sweeper(&[
-            &format!("--notify-webhook-url={url}"),
+            &format!("--notify-webhook-url={}", receiver.url()),
             "--notify-webhook-secret=s3cret",
         ])?;
     }
@@ -234,11 +195,7 @@ async fn two_sweepers_and_a_slow_webhook_deliver_each_notification_once_in_one_a
         more_than_one.is_empty(),
         "rows not delivered in one attempt: {more_than_one:?}"
     );
-    let mut per_id: std::collections::HashMap<String, usize> = Default::default();
-    for (headers, _) in received.lock().expect("the receiver's lock").iter() {
-        let id = headers["webhook-id"].to_str()?.to_owned();
-        *per_id.entry(id).or_default() += 1;
-    }
+    let per_id = receiver.per_webhook_id();
     let twice: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         twice.is_empty(),

@@ -1,0 +1,153 @@
+//! The work queue deleted under a running pipeline (an admin's mistake, or a queue
+//! recreated to change its arguments): the pipeline declares it again by itself, checks
+//! in flight still store their ids, and callbacks answered meanwhile are all published
+//! once it is back.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use e2e::{Status, TestEnv, post_ids};
+use lapin::options::QueueDeleteOptions;
+use lastseen::topology::CHECK_ROUTING_KEY;
+use serde_json::json;
+
+async fn delete_work_queue(env: &TestEnv) -> anyhow::Result<()> {
+    env.channel
+        .queue_delete(
+            env.topology().checks_queue.as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_in_flight_when_its_queue_is_deleted_is_stored_and_the_consumer_subscribes_again()
+-> anyhow::Result<()> {
+    // Checks take 1.5 to 2 s: the message is in flight when the queue goes.
+    let mut env = TestEnv::start(Status {
+        delay_min_ms: 1500,
+        delay_max_ms: 2000,
+        online: "all",
+        ..Status::default()
+    })
+    .await?;
+    let checks = env.topology().checks_queue;
+    env.start_consumer(&[])?;
+    env.wait_for_consumers(&checks, 1).await?;
+    let channel = lastseen::amqp::confirm_channel(&env.amqp).await?;
+    let publish = |id: i64| {
+        let body = json!({ "object_ids": [id], "accepted_at": chrono::Utc::now() }).to_string();
+        let channel = channel.clone();
+        let exchange = env.topology().callbacks_exchange;
+        async move {
+            lastseen::amqp::publish_mandatory(
+                &channel,
+                &exchange,
+                CHECK_ROUTING_KEY,
+                body.as_bytes(),
+                lastseen::amqp::persistent_json(),
+            )
+            .await?
+            .await
+        }
+    };
+    publish(42).await?;
+    let in_flight = env
+        .eventually(Duration::from_secs(10), || async {
+            Ok(env.ready(&checks).await? == 0)
+        })
+        .await?;
+    assert!(in_flight, "the consumer never took the message");
+
+    delete_work_queue(&env).await?;
+    let resubscribed = env
+        .eventually(Duration::from_secs(15), || async {
+            Ok(env
+                .broker
+                .counts(&checks)
+                .await
+                .is_ok_and(|c| c.consumers == 1))
+        })
+        .await?;
+    assert!(
+        resubscribed,
+        "the consumer did not subscribe to the declared-again queue"
+    );
+    let stored = |id: i64| {
+        let pool = env.pool.clone();
+        move || {
+            let pool = pool.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM objects WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await?;
+                Ok(n == 1)
+            }
+        }
+    };
+    assert!(
+        env.eventually(Duration::from_secs(10), stored(42)).await?,
+        "the check in flight when its queue was deleted was not stored"
+    );
+    // And the new queue is worked.
+    publish(43).await?;
+    assert!(
+        env.eventually(Duration::from_secs(15), stored(43)).await?,
+        "a check published to the declared-again queue was not stored"
+    );
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_after_the_work_queue_is_deleted_are_spooled_until_the_producer_declares_it_again()
+-> anyhow::Result<()> {
+    // No consumer: only the producer can notice the queue is gone.
+    let mut env = TestEnv::start(Status::default()).await?;
+    let url = env
+        .start_connected_producer(&["--ids-per-message=1"])
+        .await?;
+    let checks = env.topology().checks_queue;
+    delete_work_queue(&env).await?;
+
+    let mut sent = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut direct = false;
+    while !direct && tokio::time::Instant::now() < deadline {
+        let id = sent.len() as i64;
+        let (status, answer) = e2e::post_callback(
+            &url,
+            Some("application/json"),
+            json!({ "object_ids": [id] }).to_string(),
+        )
+        .await?;
+        assert_eq!(status, 202, "{answer}");
+        sent.insert(id);
+        direct = answer["spooled"] == json!(false);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        direct,
+        "{} callbacks after the deletion were all spooled: the work queue was not declared again",
+        sent.len()
+    );
+    post_ids(&url, &[1000]).await?;
+    sent.insert(1000);
+
+    // Every id, spooled or not, reaches the declared-again queue.
+    let mut published = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while published != sent && tokio::time::Instant::now() < deadline {
+        for delivery in env.drain(&checks).await? {
+            let message: lastseen::CheckMessage = serde_json::from_slice(&delivery.data)?;
+            published.extend(message.object_ids.iter().map(|id| id.get()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        published, sent,
+        "not every accepted id reached the work queue"
+    );
+    env.teardown().await
+}
