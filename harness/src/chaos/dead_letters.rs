@@ -25,13 +25,19 @@ pub struct DeadLetter {
 pub async fn take_all(amqp_url: &str, queue: &str) -> anyhow::Result<Vec<DeadLetter>> {
     let conn = lastseen::amqp::connect(amqp_url, "chaos-dead-letters").await?;
     let channel = conn.create_channel().await?;
+    let letters = take_from(&channel, queue).await?;
+    let _ = channel.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(letters)
+}
+
+/// Takes every ready message off `queue` on `channel` (auto-ack) and reads each.
+pub async fn take_from(channel: &lapin::Channel, queue: &str) -> anyhow::Result<Vec<DeadLetter>> {
     let mut letters = Vec::new();
     let options = BasicGetOptions { no_ack: true };
     while let Some(message) = channel.basic_get(queue.into(), options).await? {
         letters.push(read(&message.delivery));
     }
-    let _ = channel.close(200, "done".into()).await;
-    let _ = conn.close(200, "done".into()).await;
     Ok(letters)
 }
 

@@ -1,13 +1,15 @@
 //! The faults, injected one after another while the load runs, each followed by a
 //! recovery measurement and a quiet spell: `kill -9` of a consumer, of the producer and
 //! of the sweeper (each restarted), the RabbitMQ node stopped and PostgreSQL stopped for
-//! `outage` each (then started again), a RabbitMQ memory alarm (publishers blocked) for
-//! `outage`, and the spool's disk full, then freed, while such an alarm sends callbacks
-//! to the spool. The status simulator's 20% failed and 5% hung
+//! `outage` each (then started again; PostgreSQL just before 500 objects' deadlines,
+//! see `deadlines`), a RabbitMQ memory alarm (publishers blocked) for
+//! `outage`, the spool's disk full, then freed, while such an alarm sends callbacks
+//! to the spool, and the work queue deleted (see `work_queue`). The status simulator's 20% failed and 5% hung
 //! calls are not on this list: they last the whole run.
 
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -41,13 +43,18 @@ pub enum Fault {
     StopPostgres,
     MemoryAlarm,
     SpoolDiskFull,
+    WorkQueueDeleted,
 }
 
 impl Fault {
     /// The order of a run. The spool's disk fills before any other fault spooled
     /// anything: pages the spool once used are its own, and a full disk would not stop it
     /// writing there.
-    pub const SCHEDULE: [Fault; 7] = [
+    /// The work queue goes first: a retry dead-lettered while it was gone waits in its
+    /// retry queue for RabbitMQ's next attempt (about 3 minutes), and must be back well
+    /// before the drain.
+    pub const SCHEDULE: [Fault; 8] = [
+        Fault::WorkQueueDeleted,
         Fault::KillConsumer,
         Fault::KillProducer,
         Fault::KillSweeper,
@@ -69,15 +76,23 @@ impl Fault {
                 secs(PROCESS_DEAD_FOR)
             ),
             Self::KillSweeper => format!(
-                "kill -9 sweeper, restarted after {} s",
+                "kill -9 {} (of two), restarted after {} s",
+                super::webhook::SWEEPERS[0],
                 secs(PROCESS_DEAD_FOR)
             ),
             Self::StopRabbitMq => format!("RabbitMQ stopped for {} s, started", secs(outage)),
-            Self::StopPostgres => format!("PostgreSQL stopped for {} s, started", secs(outage)),
+            Self::StopPostgres => format!(
+                "PostgreSQL stopped for {} s across 500 objects' deadlines, started",
+                secs(outage)
+            ),
             Self::MemoryAlarm => format!(
                 "RabbitMQ memory alarm (publishers blocked) for {} s, cleared",
                 secs(outage)
             ),
+            Self::WorkQueueDeleted => {
+                "work queue deleted (ready messages recorded), declared again by the pipeline"
+                    .to_owned()
+            }
             Self::SpoolDiskFull => format!(
                 "spool disk full for {} s, then freed, during a RabbitMQ memory alarm of {} s",
                 secs(outage / 2),
@@ -111,6 +126,15 @@ pub struct Chaos<'a> {
     pub queues: &'a QueueWatch,
     pub prober: &'a Prober,
     pub outage: Duration,
+    /// The work queue's names.
+    pub topology: lastseen::topology::Topology,
+    /// Sends the deadline batch before PostgreSQL is stopped.
+    pub client: tester::callback::CallbackClient,
+    pub pool: sqlx::PgPool,
+    /// The deadline batch and when PostgreSQL was down, once that fault ran.
+    pub deadlines: Option<super::deadlines::Planted>,
+    /// Messages that were ready in the work queue when a fault deleted it.
+    pub removed: Vec<super::dead_letters::DeadLetter>,
     /// Quiet time before the first fault and after each recovery.
     pub settle: Duration,
     pub load_started: Instant,
@@ -126,6 +150,7 @@ impl Chaos<'_> {
         pause(self.settle, shutdown).await?;
         for fault in Fault::SCHEDULE {
             let description = fault.describe(self.outage);
+            self.prepare(fault).await?;
             let injected = Instant::now();
             eprintln!(
                 "[chaos] +{:>5.1} s  fault: {description}",
@@ -162,6 +187,15 @@ impl Chaos<'_> {
         t.saturating_duration_since(self.load_started).as_secs_f64()
     }
 
+    /// What a fault needs in place before it is injected (not counted in its time).
+    async fn prepare(&mut self, fault: Fault) -> anyhow::Result<()> {
+        if fault == Fault::StopPostgres {
+            let planted = super::deadlines::plant(&self.client, &self.pool).await?;
+            self.deadlines = Some(planted);
+        }
+        Ok(())
+    }
+
     async fn inject(&mut self, fault: Fault, shutdown: &CancellationToken) -> anyhow::Result<()> {
         match fault {
             Fault::KillConsumer => {
@@ -173,7 +207,7 @@ impl Chaos<'_> {
                     .await
             }
             Fault::KillSweeper => {
-                self.kill_and_restart("sweeper", PROCESS_DEAD_FOR, shutdown)
+                self.kill_and_restart(super::webhook::SWEEPERS[0], PROCESS_DEAD_FOR, shutdown)
                     .await
             }
             Fault::StopRabbitMq => {
@@ -187,14 +221,28 @@ impl Chaos<'_> {
                 Ok(())
             }
             Fault::StopPostgres => {
+                let down = Utc::now();
                 self.database.stop().await?;
                 pause(self.outage, shutdown).await?;
-                self.database.start().await
+                self.database.start().await?;
+                if let Some(planted) = &mut self.deadlines {
+                    planted.outage = Some((down, Utc::now()));
+                }
+                Ok(())
             }
             Fault::MemoryAlarm => {
                 self.broker.memory_alarm(true).await?;
                 pause(self.outage, shutdown).await?;
                 self.broker.memory_alarm(false).await
+            }
+            Fault::WorkQueueDeleted => {
+                let removed = super::work_queue::delete(self.broker, &self.topology).await?;
+                eprintln!(
+                    "[chaos]          {} messages were ready in the deleted work queue",
+                    removed.len()
+                );
+                self.removed.extend(removed);
+                Ok(())
             }
             Fault::SpoolDiskFull => {
                 // Callbacks reach the spool only when RabbitMQ cannot take them.

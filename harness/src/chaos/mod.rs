@@ -5,9 +5,12 @@
 //!
 //! ```text
 //! setup     own RabbitMQ node + PostgreSQL cluster, fresh database, the processes
+//!           (two sweepers delivering to a webhook that takes 3 s per request)
 //! load      20 callbacks/s, every 2xx recorded as ground truth   ─┐
-//! faults    kill -9 consumer, producer, sweeper; RabbitMQ and    │ status service failing
-//!           PostgreSQL stopped 10 s; recovery measured after each │ 20%, hanging 5% of calls
+//! faults    work queue deleted; kill -9 consumer, producer,      │ status service failing
+//!           sweeper; spool disk full; RabbitMQ and PostgreSQL    │ 20%, hanging 5% of calls
+//!           stopped 10 s (deadlines passing); memory alarm;      │
+//!           recovery measured after each                         │
 //! drain     load stopped; work and retry queues must empty       ─┘
 //! verify    rows vs ground truth, dead letters, exact queue depths, logs
 //! teardown  processes, node and cluster stopped, whatever happened
@@ -16,6 +19,7 @@
 mod broker;
 mod database;
 mod dead_letters;
+mod deadlines;
 mod faults;
 mod ground_truth;
 mod load;
@@ -27,6 +31,8 @@ mod report;
 mod spool_disk;
 mod tools;
 mod verify;
+mod webhook;
+mod work_queue;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -73,6 +79,9 @@ pub struct ChaosArgs {
     /// Port of the status simulator.
     #[arg(long, env = "CHAOS_STATUS_PORT", default_value_t = 19210)]
     pub status_port: u16,
+    /// Port of the webhook receiver the two sweepers deliver to.
+    #[arg(long, env = "CHAOS_WEBHOOK_PORT", default_value_t = 19211)]
+    pub webhook_port: u16,
     /// Where the release binaries are.
     #[arg(long, env = "CHAOS_BIN", default_value = "target/release")]
     pub bin: PathBuf,

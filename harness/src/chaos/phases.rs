@@ -21,7 +21,7 @@ use super::queues::QueueWatch;
 use super::recovery::Prober;
 use super::report::{ChaosResult, LoadSettings, QueueDepth};
 use super::spool_disk::SpoolDisk;
-use super::{ChaosArgs, STOP_GRACE, dead_letters, logs, tools, verify};
+use super::{ChaosArgs, STOP_GRACE, dead_letters, deadlines, logs, tools, verify, webhook};
 use crate::process::Supervisor;
 use tester::serve::OnlineRule;
 
@@ -49,6 +49,16 @@ const MAX_CHECKS_IN_FLIGHT: u32 = 4000;
 const OBJECT_TTL_SECS: u64 = 3600;
 /// Longest wait for a process to answer or subscribe after its start.
 const READY_LIMIT: Duration = Duration::from_secs(30);
+
+/// The run's queue and exchange names.
+fn topology() -> lastseen::topology::Topology {
+    lastseen::topology::Topology::new(&lastseen::topology::TopologyArgs {
+        topology_prefix: PREFIX.to_owned(),
+        notifications_exchange: format!("{PREFIX}.notifications"),
+        delivery_limit: 20,
+        notifications_queue_max_length: 100_000,
+    })
+}
 
 /// What a run works with.
 pub struct Setup<'a> {
@@ -79,7 +89,15 @@ impl Setup<'_> {
             "[chaos] PostgreSQL up, database {}",
             self.database.database_url()
         );
-        self.start_processes(pipeline).await?;
+        let receiver = webhook::start_receiver(self.args.webhook_port)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on CHAOS_WEBHOOK_PORT {}",
+                    self.args.webhook_port
+                )
+            })?;
+        self.start_processes(pipeline, receiver.url()).await?;
         let queues = Arc::new(QueueWatch::new(
             &self.broker.amqp_url(),
             &self.broker.management_url(),
@@ -101,6 +119,7 @@ impl Setup<'_> {
             ORIGINAL_TIMEOUT,
         )?;
         let prober = Prober::new(client.clone(), truth.clone(), pool.clone());
+        let batch_client = client.clone();
         // Drop guards: the sampler and the load stop on every way out of this function.
         let sampling = CancellationToken::new();
         let _stop_sampling = sampling.clone().drop_guard();
@@ -118,7 +137,7 @@ impl Setup<'_> {
         let _stop_load = stop_load.clone().drop_guard();
         let load_started = Instant::now();
         let load_task = tokio::spawn(load::run(client, shape, truth.clone(), stop_load.clone()));
-        let faults = Chaos {
+        let mut chaos = Chaos {
             pipeline: &mut *pipeline,
             broker: self.broker,
             database: self.database,
@@ -126,11 +145,18 @@ impl Setup<'_> {
             queues: &queues,
             prober: &prober,
             outage: Duration::from_secs(self.args.outage_secs),
+            topology: topology(),
+            client: batch_client,
+            pool: pool.clone(),
+            deadlines: None,
+            removed: Vec::new(),
             settle: Duration::from_secs(self.args.settle_secs),
             load_started,
-        }
-        .run_schedule(shutdown)
-        .await;
+        };
+        let faults = chaos.run_schedule(shutdown).await;
+        let removed = std::mem::take(&mut chaos.removed);
+        let planted = chaos.deadlines.take();
+        drop(chaos);
         stop_load.cancel();
         let load_outcome = load_task.await.context("the load panicked")?;
         let load_secs = load_started.elapsed().as_secs_f64();
@@ -157,7 +183,8 @@ impl Setup<'_> {
         );
         // With no consumer left, a passive declare counts every message, unacked or not.
         let [first, second] = CONSUMERS;
-        let names = ["producer", first, second, "sweeper", "status"];
+        let [sweeper_1, sweeper_2] = webhook::SWEEPERS;
+        let names = ["producer", first, second, sweeper_1, sweeper_2, "status"];
         pipeline.stop(&names, STOP_GRACE).await;
         let mut work_and_retry = vec![queues.work_queue()];
         if let Ok(all) = queues.queues().await {
@@ -178,7 +205,8 @@ impl Setup<'_> {
                 error: depth.err(),
             })
             .collect();
-        let dead = dead_letters::take_all(&amqp_url, &format!("{PREFIX}.checks.dead")).await?;
+        let mut dead = dead_letters::take_all(&amqp_url, &topology().dead_letter_queue).await?;
+        dead.extend(removed);
         let rows: HashMap<i64, DateTime<Utc>> =
             sqlx::query_as::<_, (i64, DateTime<Utc>)>("SELECT id, last_seen FROM objects")
                 .fetch_all(&pool)
@@ -186,6 +214,11 @@ impl Setup<'_> {
                 .context("cannot read the objects table")?
                 .into_iter()
                 .collect();
+        let webhook = webhook::figures(&receiver, &pool).await?;
+        let deadlines = match &planted {
+            Some(planted) => Some(deadlines::verify(planted, &pool).await?),
+            None => None,
+        };
         pool.close().await;
         let snapshot = truth.take();
         let verdict = verify::verify(&snapshot, &rows, &dead, OnlineRule::Even);
@@ -206,6 +239,8 @@ impl Setup<'_> {
             probe_callbacks: prober.sent(),
             load_ticks_skipped: load_outcome.skipped,
             verdict,
+            deadlines,
+            webhook,
             redeliveries: queues.redeliveries(),
             logs: logs::read(self.logs)?,
             drained_after_secs: drained.map(|d| d.as_secs_f64()),
@@ -217,7 +252,11 @@ impl Setup<'_> {
 
     /// Starts the status simulator, the producer, the consumers and the sweeper, and
     /// waits for the simulator and the producer to answer.
-    async fn start_processes(&self, pipeline: &mut Supervisor) -> anyhow::Result<()> {
+    async fn start_processes(
+        &self,
+        pipeline: &mut Supervisor,
+        webhook_url: &str,
+    ) -> anyhow::Result<()> {
         let args = self.args;
         for port in [args.callback_port, args.status_port] {
             if tools::port_open(port).await {
@@ -293,7 +332,17 @@ impl Setup<'_> {
                 ]),
             )?;
         }
-        pipeline.start("sweeper", "sweeper", &[], &env(&[]))?;
+        for name in webhook::SWEEPERS {
+            pipeline.start(
+                name,
+                "sweeper",
+                &[],
+                &env(&[
+                    ("NOTIFY_WEBHOOK_URL", webhook_url.to_owned()),
+                    ("NOTIFY_WEBHOOK_SECRET", "chaos-secret".to_owned()),
+                ]),
+            )?;
+        }
         wait_http(&format!("http://{status_addr}/stats")).await?;
         wait_http(&format!("http://127.0.0.1:{}/readyz", args.callback_port)).await?;
         Ok(())

@@ -7,10 +7,12 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
+use super::deadlines::DeadlineVerdict;
 use super::faults::FaultRecord;
 use super::ground_truth::CallbackCounts;
 use super::logs::LogFigures;
 use super::verify::Verdict;
+use super::webhook::WebhookFigures;
 use crate::process::UnexpectedExit;
 
 /// How the load was shaped.
@@ -44,6 +46,10 @@ pub struct ChaosResult {
     pub probe_callbacks: u64,
     pub load_ticks_skipped: u64,
     pub verdict: Verdict,
+    /// The objects whose deadlines passed while PostgreSQL was down.
+    pub deadlines: Option<DeadlineVerdict>,
+    /// The two sweepers' deliveries to the slow webhook.
+    pub webhook: WebhookFigures,
     pub redeliveries: u64,
     pub logs: LogFigures,
     pub drained_after_secs: Option<f64>,
@@ -106,6 +112,11 @@ impl ChaosResult {
         for file in &self.logs.panics {
             failures.push(format!("a panic in {file}"));
         }
+        match &self.deadlines {
+            Some(deadlines) => failures.extend(deadlines.failures()),
+            None => failures.push("the deadline batch was not planted".into()),
+        }
+        failures.extend(self.webhook.failures());
         if self.callbacks.accepted_direct == 0 {
             failures.push("no callback was accepted: the load never got through".into());
         }
@@ -243,7 +254,38 @@ pub fn markdown(r: &ChaosResult) -> String {
             ),
         ),
         ("**lost ids**".to_owned(), format!("**{}**", n(v.ids_lost))),
+        (
+            "deadlines passed while PostgreSQL was down".to_owned(),
+            r.deadlines.as_ref().map_or("not run".to_owned(), |d| {
+                format!(
+                    "{} of {} objects' deadlines in the outage; expired exactly once: {} (twice or more: {}, never: {}); `object.expired` notifications {}, unpublished {}",
+                    n(d.deadlines_during_outage),
+                    n(d.online_ids),
+                    n(d.expired_once),
+                    n(d.expired_twice_or_more),
+                    n(d.never_expired),
+                    n(d.expired_notifications),
+                    n(d.unpublished_notifications)
+                )
+            }),
+        ),
         ("work + retry queues at the end".to_owned(), queues),
+        (
+            format!(
+                "webhook ({} s per request, two sweepers)",
+                super::webhook::RECEIVER_DELAY.as_secs()
+            ),
+            format!(
+                "{} requests for {} notifications ({} received more than once); delivered in one attempt {}, in more {}; failed {}; pending at the end {}",
+                n(r.webhook.requests),
+                n(r.webhook.distinct_ids),
+                n(r.webhook.ids_received_twice_or_more),
+                n(r.webhook.delivered_in_one_attempt),
+                n(r.webhook.delivered_in_more),
+                n(r.webhook.failed),
+                n(r.webhook.pending)
+            ),
+        ),
     ];
     s.push_str("| | |\n|---|---|\n");
     for (name, value) in rows {
@@ -302,7 +344,16 @@ const FOOTNOTES: &str = "
 - *retries*: check messages the consumers sent to a retry queue (from their logs; a
   `kill -9` between RabbitMQ's confirm and the log line can hide one).
 - *lost*: an accepted online id with no row seen after one of its accepted callbacks and
-  no dead letter answering for that callback.
+  no dead letter answering for that callback. The messages that were ready in the work
+  queue when the fault deleted it count as dead letters with the reason \"deleted with
+  the work queue\": an admin's deletion removes them, not the pipeline.
+- *deadlines*: 1,000 ids (500 online) sent with a 12 s TTL before PostgreSQL is stopped,
+  2 s before the first of their deadlines; each must be expired exactly once, with one
+  `object.expired` notification, published.
+- *webhook*: two sweepers deliver every notification to a receiver that takes 3 s over
+  each request; far more notifications are made than it can take in the run, so many are
+  pending at the end. None may be given up on; a second request for one comes only
+  after a sweeper lost its claim (killed mid-request, or PostgreSQL down).
 - *lasted*: from the injection until the process was restarted, or the service answered
   again. RabbitMQ refuses connections from the start of its shutdown; it is started again
   the outage (10 s) after that, or once the shutdown ended if later, and then boots.

@@ -1,0 +1,163 @@
+//! Deadlines that pass while PostgreSQL is down. Before that outage a batch of ids of a
+//! range of their own is sent with a short TTL, the outage starts just before their
+//! deadlines, and they pass while the database is gone. After the run each online id of
+//! the batch must have been expired exactly once, with exactly one `object.expired`
+//! notification, published, and no row left.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use std::time::Duration;
+
+use tester::callback::CallbackClient;
+
+/// The batch's ids: far above the load's and the recovery probes'.
+const FIRST_ID: i64 = 2_000_000_000;
+/// Ids in the batch; the even half is online.
+const IDS: i64 = 1000;
+/// The batch's TTL: long enough for every id to be stored (retries included) before the
+/// outage starts.
+const TTL_SECS: u64 = 12;
+/// The outage starts this long before the first deadline.
+const LEAD: Duration = Duration::from_secs(2);
+/// Longest wait for the batch to be stored.
+const STORE_LIMIT: Duration = Duration::from_secs(30);
+
+/// The batch, once stored.
+#[derive(Debug, Clone)]
+pub struct Planted {
+    deadlines: Vec<DateTime<Utc>>,
+    /// When PostgreSQL was down (stopped, then started again).
+    pub outage: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// Sends the batch and waits until every online id is stored and until shortly before
+/// the first deadline; the caller then stops PostgreSQL.
+pub async fn plant(client: &CallbackClient, pool: &PgPool) -> anyhow::Result<Planted> {
+    let ids: Vec<i64> = (FIRST_ID..FIRST_ID + IDS).collect();
+    let body = serde_json::json!({ "object_ids": ids, "ttl_secs": TTL_SECS }).to_string();
+    // Sent again if not accepted (the same ids: a repeat is harmless).
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match client
+            .post_raw(Some("application/json"), body.clone())
+            .await
+        {
+            Ok((202, _)) => break,
+            Ok((status, answer)) if tries >= 3 => {
+                anyhow::bail!("the deadline batch was not accepted: {status} {answer}")
+            }
+            Err(err) if tries >= 3 => {
+                return Err(err.context("the deadline batch was not accepted"));
+            }
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+    let started = tokio::time::Instant::now();
+    let deadlines = loop {
+        let deadlines: Vec<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT expires_at FROM objects WHERE id >= $1 AND id < $2 ORDER BY expires_at",
+        )
+        .bind(FIRST_ID)
+        .bind(FIRST_ID + IDS)
+        .fetch_all(pool)
+        .await?;
+        if deadlines.len() as i64 == IDS / 2 {
+            break deadlines;
+        }
+        anyhow::ensure!(
+            started.elapsed() < STORE_LIMIT,
+            "{} of {} online ids of the deadline batch stored after {STORE_LIMIT:?}",
+            deadlines.len(),
+            IDS / 2
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let first = deadlines[0];
+    let lead = chrono::Duration::from_std(LEAD)?;
+    if let Ok(wait) = (first - lead - Utc::now()).to_std() {
+        tokio::time::sleep(wait).await;
+    }
+    Ok(Planted {
+        deadlines,
+        outage: None,
+    })
+}
+
+/// What became of the batch.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeadlineVerdict {
+    /// Online ids of the batch (each stored before the outage).
+    pub online_ids: u64,
+    /// Of their deadlines, those that passed while PostgreSQL was down.
+    pub deadlines_during_outage: u64,
+    pub expired_once: u64,
+    pub expired_twice_or_more: u64,
+    pub never_expired: u64,
+    /// `object.expired` notifications of the batch, and those never published.
+    pub expired_notifications: u64,
+    pub unpublished_notifications: u64,
+}
+
+impl DeadlineVerdict {
+    /// Why the batch's checks fail, if they do.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        if self.expired_once != self.online_ids {
+            failures.push(format!(
+                "deadline batch: {} of {} ids expired exactly once ({} twice or more, {} never)",
+                self.expired_once, self.online_ids, self.expired_twice_or_more, self.never_expired
+            ));
+        }
+        if self.expired_notifications != self.online_ids || self.unpublished_notifications > 0 {
+            failures.push(format!(
+                "deadline batch: {} object.expired notifications for {} ids, {} unpublished",
+                self.expired_notifications, self.online_ids, self.unpublished_notifications
+            ));
+        }
+        if self.deadlines_during_outage == 0 {
+            failures.push("deadline batch: no deadline passed while PostgreSQL was down".into());
+        }
+        failures
+    }
+}
+
+/// Judges the batch after the run.
+pub async fn verify(planted: &Planted, pool: &PgPool) -> anyhow::Result<DeadlineVerdict> {
+    let range = (FIRST_ID, FIRST_ID + IDS);
+    let expiries: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM object_expiries WHERE object_id >= $1 AND object_id < $2
+         GROUP BY object_id",
+    )
+    .bind(range.0)
+    .bind(range.1)
+    .fetch_all(pool)
+    .await?;
+    let (expired, unpublished): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE published_at IS NULL) FROM notifications
+         WHERE routing_key = 'object.expired' AND object_id >= $1 AND object_id < $2",
+    )
+    .bind(range.0)
+    .bind(range.1)
+    .fetch_one(pool)
+    .await?;
+    let online_ids = planted.deadlines.len() as u64;
+    let expired_once = expiries.iter().filter(|n| **n == 1).count() as u64;
+    let expired_twice_or_more = expiries.iter().filter(|n| **n > 1).count() as u64;
+    Ok(DeadlineVerdict {
+        online_ids,
+        deadlines_during_outage: planted.outage.map_or(0, |(down, up)| {
+            planted
+                .deadlines
+                .iter()
+                .filter(|d| **d >= down && **d <= up)
+                .count() as u64
+        }),
+        expired_once,
+        expired_twice_or_more,
+        never_expired: online_ids.saturating_sub(expiries.len() as u64),
+        expired_notifications: u64::try_from(expired).unwrap_or(0),
+        unpublished_notifications: u64::try_from(unpublished).unwrap_or(0),
+    })
+}
