@@ -129,7 +129,8 @@ async fn run(
 /// notification for each object that was not there (first seen, or back after expiry).
 async fn commit(pool: &PgPool, sightings: &[Sighting]) -> sqlx::Result<usize> {
     let mut tx = pool.begin().await?;
-    let came_online = objects::upsert_sightings(&mut tx, sightings).await?;
+    let upserted = objects::upsert_sightings(&mut tx, sightings).await?;
+    let came_online = upserted.came_online;
     if !came_online.is_empty() {
         let ids: Vec<i64> = came_online.iter().map(|o| o.id.get()).collect();
         let payloads: Vec<serde_json::Value> = came_online
@@ -140,6 +141,10 @@ async fn commit(pool: &PgPool, sightings: &[Sighting]) -> sqlx::Result<usize> {
                     object_id: o.id,
                     seen_at: o.seen_at,
                     expires_at: o.expires_at,
+                    previous_expired_at: o.previous.map(|p| p.expired_at),
+                    silent_for_secs: o
+                        .previous
+                        .map(|p| (o.seen_at - p.last_seen).num_milliseconds() as f64 / 1000.0),
                 })
                 .expect("a notification always serializes")
             })
@@ -148,5 +153,13 @@ async fn commit(pool: &PgPool, sightings: &[Sighting]) -> sqlx::Result<usize> {
     }
     tx.commit().await?;
     metrics::counter!(metric::OBJECTS_ONLINE_TOTAL).increment(came_online.len() as u64);
+    if upserted.in_the_past > 0 {
+        tracing::info!(
+            sightings = upserted.in_the_past,
+            "sightings inside an expired stretch dropped (committed after their object expired)"
+        );
+        metrics::counter!(metric::SIGHTINGS_IN_THE_PAST_TOTAL)
+            .increment(upserted.in_the_past as u64);
+    }
     Ok(came_online.len())
 }

@@ -44,6 +44,9 @@ pub mod metric {
     pub const PUBLISH_CONFIRM_SECONDS: &str = "lastseen_publish_confirm_seconds";
     /// Ids sent to a retry queue. Consumer.
     pub const RETRIED_IDS_TOTAL: &str = "lastseen_retried_ids_total";
+    /// Sightings dropped because they fall inside their object's expired stretch (at or
+    /// before its deadline; committed after the sweeper expired it). Consumer.
+    pub const SIGHTINGS_IN_THE_PAST_TOTAL: &str = "lastseen_sightings_in_the_past_total";
     /// Callbacks waiting in the spool. Producer.
     pub const SPOOL_PENDING_CALLBACKS: &str = "lastseen_spool_pending_callbacks";
     /// Ids waiting in the spool. Producer.

@@ -89,13 +89,21 @@ pub struct ExpiredNotification {
     pub expired_at: DateTime<Utc>,
 }
 
-/// The body of an `object.online` notification: first seen, or back after it expired.
+/// The body of an `object.online` notification: first seen, or back after it expired
+/// (then with that expiry and how long the object was silent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OnlineNotification {
     pub event: String,
     pub object_id: ObjectId,
     pub seen_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// When the object's previous stretch was expired; absent when first seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_expired_at: Option<DateTime<Utc>>,
+    /// Seconds from the previous stretch's last sighting to this one; absent when first
+    /// seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_for_secs: Option<f64>,
 }
 
 /// The body of a `digest` notification: one per expiry transaction, so a receiver can

@@ -71,6 +71,23 @@ async fn an_object_expired_then_seen_again_gives_expired_then_online_and_its_his
     assert!(first_expired.is_some_and(|at| at >= first_deadline));
     assert!(history[1].2.is_none(), "the second stretch is current");
     assert!(history[1].0 > first_expired.expect("checked above"));
+    // The comeback's event tells the outage; the first sighting's has nothing to tell.
+    let online: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM notifications WHERE object_id = 7
+             AND routing_key = 'object.online' ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await?;
+    assert!(
+        online[0].get("previous_expired_at").is_none(),
+        "{}",
+        online[0]
+    );
+    let previous: DateTime<Utc> = serde_json::from_value(online[1]["previous_expired_at"].clone())?;
+    assert_eq!(Some(previous), first_expired);
+    let silent = online[1]["silent_for_secs"].as_f64().unwrap_or_default();
+    let expected = (history[1].0 - first_seen_last).num_milliseconds() as f64 / 1000.0;
+    assert!((silent - expected).abs() < 0.002, "{silent} vs {expected}");
     let online: i64 = sqlx::query_scalar("SELECT count(*) FROM online_objects WHERE id = 7")
         .fetch_one(&env.pool)
         .await?;
@@ -116,7 +133,9 @@ async fn an_object_refreshed_while_a_sweep_runs_is_never_wrongly_expired_1000_ti
                 expires_at: seen_at + chrono::Duration::seconds(30),
             };
             let mut tx = pool_b.begin().await?;
-            let came_online = objects::upsert_sightings(&mut tx, &[sighting]).await?;
+            let came_online = objects::upsert_sightings(&mut tx, &[sighting])
+                .await?
+                .came_online;
             tx.commit().await?;
             anyhow::Ok((seen_at, came_online))
         });
@@ -239,5 +258,80 @@ async fn a_callbacks_ttl_secs_sets_the_deadline_of_its_objects() -> anyhow::Resu
     .fetch_all(&env.pool)
     .await?;
     assert_eq!(ttls, vec![(1, 600.0), (2, 30.0)]);
+    env.teardown().await
+}
+
+/// A sighting that commits after its object was expired (the writer retried through a
+/// PostgreSQL outage while the sweeper came back first) and that falls inside the expired
+/// stretch's lifetime does not bring it back: no row, no `object.online`, no second
+/// expiry. One after that stretch's deadline is a comeback, whose `object.online` tells
+/// the outage. Stretches, online from `first_seen` to their deadline, never overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighting_older_than_the_latest_expiry_does_not_resurrect_its_stretch()
+-> anyhow::Result<()> {
+    let env = TestEnv::start(Status::default()).await?;
+    let id = ObjectId::new(7).expect("a small id is valid");
+    // PostgreSQL keeps microseconds.
+    let now = Utc::now().trunc_subsecs(6);
+    let secs = chrono::Duration::seconds;
+    let last_seen = now - secs(60);
+    let deadline = now - secs(30);
+    sqlx::query(
+        "INSERT INTO objects (id, first_seen, last_seen, expires_at) VALUES ($1, $2, $2, $3)",
+    )
+    .bind(id.get())
+    .bind(last_seen)
+    .bind(deadline)
+    .execute(&env.pool)
+    .await?;
+    let mut tx = env.pool.begin().await?;
+    let expired = objects::expire_due(&mut tx, now, 100).await?;
+    tx.commit().await?;
+    assert_eq!(expired.len(), 1);
+
+    let upsert = |seen_at: DateTime<Utc>| {
+        let pool = env.pool.clone();
+        async move {
+            let sighting = Sighting {
+                id,
+                seen_at,
+                expires_at: seen_at + secs(30),
+            };
+            let mut tx = pool.begin().await?;
+            let upserted = objects::upsert_sightings(&mut tx, &[sighting]).await?;
+            tx.commit().await?;
+            anyhow::Ok(upserted)
+        }
+    };
+    // Seen 40 s ago: before the stretch's deadline, so it belongs to the expired stretch.
+    let late = upsert(now - secs(40)).await?;
+    assert!(
+        late.came_online.is_empty(),
+        "a sighting inside the expired stretch came online: {late:?}"
+    );
+    assert_eq!(late.in_the_past, 1);
+    assert!(
+        env.object_ids().await?.is_empty(),
+        "the stretch was resurrected"
+    );
+
+    // Seen 10 s ago: after the deadline, a comeback that tells how long it was silent.
+    let back = upsert(now - secs(10)).await?;
+    let [online] = back.came_online.as_slice() else {
+        panic!("a comeback did not come online: {back:?}");
+    };
+    let previous = online.previous.expect("the previous expiry");
+    assert_eq!(previous.expired_at, now);
+    assert_eq!(previous.last_seen, last_seen);
+    assert_eq!(online.seen_at - previous.last_seen, secs(50));
+
+    let overlapping: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM object_history a JOIN object_history b
+             ON a.object_id = b.object_id AND a.first_seen < b.first_seen
+            AND a.expires_at > b.first_seen",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+    assert_eq!(overlapping, 0, "stretches overlap");
     env.teardown().await
 }

@@ -17,12 +17,33 @@ pub struct Sighting {
 }
 
 /// An object that was not in `objects` before this sighting: first seen, or back after
-/// it expired.
+/// it expired (`previous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CameOnline {
     pub id: ObjectId,
     pub seen_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The object's latest expiry, when it comes back after one.
+    pub previous: Option<PreviousExpiry>,
+}
+
+/// The end of an object's previous stretch online.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreviousExpiry {
+    /// Its last sighting.
+    pub last_seen: DateTime<Utc>,
+    /// When the sweeper expired it.
+    pub expired_at: DateTime<Utc>,
+}
+
+/// What an upsert of sightings did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Upserted {
+    /// The objects it inserted.
+    pub came_online: Vec<CameOnline>,
+    /// Sightings it dropped because they fall inside an expired stretch: at or before the
+    /// deadline of their object's latest expiry (see [`upsert_sightings`]).
+    pub in_the_past: usize,
 }
 
 /// An object removed at its deadline, with its stretch online.
@@ -38,12 +59,18 @@ pub struct Expired {
 /// come online). `last_seen` never moves backwards; `expires_at` follows the latest
 /// sighting. Call inside the transaction that records their `object.online` events.
 ///
+/// A sighting of an object not in `objects` that is no later than the deadline of the
+/// object's latest expiry belongs to that expired stretch (its commit was late: the
+/// writer retried through an outage while the sweeper went on): it is dropped, so a
+/// stretch is never resurrected and stretches, each online from `first_seen` to its
+/// deadline, never overlap. A later one is a comeback and carries that expiry.
+///
 /// Sightings of one id are merged first (a statement may not touch a row twice), and
 /// rows are written in id order so concurrent writers lock in the same order.
 pub async fn upsert_sightings(
     conn: &mut PgConnection,
     sightings: &[Sighting],
-) -> sqlx::Result<Vec<CameOnline>> {
+) -> sqlx::Result<Upserted> {
     let mut latest: HashMap<i64, Sighting> = HashMap::with_capacity(sightings.len());
     for s in sightings {
         latest
@@ -60,37 +87,76 @@ pub async fn upsert_sightings(
     let ids: Vec<i64> = rows.iter().map(|s| s.id.get()).collect();
     let seen: Vec<DateTime<Utc>> = rows.iter().map(|s| s.seen_at).collect();
     let expires: Vec<DateTime<Utc>> = rows.iter().map(|s| s.expires_at).collect();
-    // `xmax = 0` on the returned row: it was inserted, not updated.
-    let inserted: Vec<(i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "INSERT INTO objects (id, first_seen, last_seen, expires_at)
-         SELECT id, seen, seen, expires
-         FROM UNNEST($1::bigint[], $2::timestamptz[], $3::timestamptz[]) AS s(id, seen, expires)
-         ON CONFLICT (id) DO UPDATE
-             SET last_seen = GREATEST(objects.last_seen, EXCLUDED.last_seen),
-                 expires_at = CASE WHEN EXCLUDED.last_seen >= objects.last_seen
-                                   THEN EXCLUDED.expires_at ELSE objects.expires_at END
-         RETURNING id, last_seen, expires_at, (xmax = 0) AS inserted",
+    // The latest expiry is looked up only for ids not in `objects` (a one-time filter in
+    // the lateral subquery), so refreshing an online object costs what it did.
+    // `xmax = 0` on a returned row: it was inserted, not updated.
+    let written: Vec<UpsertedRow> = sqlx::query_as(
+        "WITH s AS (
+             SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::timestamptz[])
+                 AS s(id, seen, expires)
+         ), judged AS (
+             SELECT s.id, s.seen, s.expires, prev.expires_at AS prev_deadline,
+                    prev.last_seen AS prev_last_seen, prev.expired_at AS prev_expired_at
+             FROM s
+             LEFT JOIN objects o ON o.id = s.id
+             LEFT JOIN LATERAL (
+                 SELECT e.expires_at, e.last_seen, e.expired_at FROM object_expiries e
+                 WHERE o.id IS NULL AND e.object_id = s.id
+                 ORDER BY e.expired_at DESC
+                 LIMIT 1
+             ) prev ON true
+         ), up AS (
+             INSERT INTO objects (id, first_seen, last_seen, expires_at)
+             SELECT id, seen, seen, expires FROM judged
+             WHERE prev_deadline IS NULL OR seen > prev_deadline
+             ORDER BY id
+             ON CONFLICT (id) DO UPDATE
+                 SET last_seen = GREATEST(objects.last_seen, EXCLUDED.last_seen),
+                     expires_at = CASE WHEN EXCLUDED.last_seen >= objects.last_seen
+                                       THEN EXCLUDED.expires_at ELSE objects.expires_at END
+             RETURNING id, last_seen, expires_at, (xmax = 0) AS inserted
+         )
+         SELECT up.id, up.last_seen, up.expires_at, up.inserted,
+                judged.prev_last_seen, judged.prev_expired_at
+         FROM up JOIN judged ON judged.id = up.id",
     )
     .bind(&ids)
     .bind(&seen)
     .bind(&expires)
     .fetch_all(conn)
-    .await?
-    .into_iter()
-    .filter_map(|row: (i64, DateTime<Utc>, DateTime<Utc>, bool)| {
-        row.3.then_some((row.0, row.1, row.2))
-    })
-    .collect();
-    Ok(inserted
+    .await?;
+    let in_the_past = rows.len() - written.len();
+    let came_online = written
         .into_iter()
-        .filter_map(|(id, seen_at, expires_at)| {
-            ObjectId::new(id).map(|id| CameOnline {
+        .filter(|row| row.inserted)
+        .filter_map(|row| {
+            ObjectId::new(row.id).map(|id| CameOnline {
                 id,
-                seen_at,
-                expires_at,
+                seen_at: row.last_seen,
+                expires_at: row.expires_at,
+                previous: row.prev_last_seen.zip(row.prev_expired_at).map(
+                    |(last_seen, expired_at)| PreviousExpiry {
+                        last_seen,
+                        expired_at,
+                    },
+                ),
             })
         })
-        .collect())
+        .collect();
+    Ok(Upserted {
+        came_online,
+        in_the_past,
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct UpsertedRow {
+    id: i64,
+    last_seen: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    inserted: bool,
+    prev_last_seen: Option<DateTime<Utc>>,
+    prev_expired_at: Option<DateTime<Utc>>,
 }
 
 #[derive(sqlx::FromRow)]
