@@ -287,6 +287,36 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Publishes one check message of `ids`, accepted now, to the work queue as a producer
+    /// would (confirmed, mandatory).
+    pub async fn publish_check(&self, ids: &[i64]) -> anyhow::Result<()> {
+        let body = serde_json::json!({ "object_ids": ids, "accepted_at": chrono::Utc::now() });
+        let channel = lastseen::amqp::confirm_channel(&self.amqp).await?;
+        lastseen::amqp::publish_mandatory(
+            &channel,
+            &self.topology().callbacks_exchange,
+            lastseen::topology::CHECK_ROUTING_KEY,
+            body.to_string().as_bytes(),
+            lastseen::amqp::persistent_json(),
+        )
+        .await?
+        .await?;
+        let _ = channel.close(200, "published".into()).await;
+        Ok(())
+    }
+
+    /// Waits until every one of `ids` has a row in `objects`, at most `within`.
+    pub async fn stored_within(&self, ids: &[i64], within: Duration) -> anyhow::Result<bool> {
+        self.eventually(within, || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM objects WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(n == ids.len() as i64)
+        })
+        .await
+    }
+
     /// Takes every message from a queue (acking each), returning bodies and properties.
     pub async fn drain(&self, queue: &str) -> anyhow::Result<Vec<lapin::message::Delivery>> {
         let mut out = Vec::new();

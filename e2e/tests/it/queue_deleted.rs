@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use e2e::{Status, TestEnv, post_ids};
 use lapin::options::QueueDeleteOptions;
-use lastseen::topology::CHECK_ROUTING_KEY;
 use serde_json::json;
 
 async fn delete_work_queue(env: &TestEnv) -> anyhow::Result<()> {
@@ -35,24 +34,7 @@ async fn a_check_in_flight_when_its_queue_is_deleted_is_stored_and_the_consumer_
     let checks = env.topology().checks_queue;
     env.start_consumer(&[])?;
     env.wait_for_consumers(&checks, 1).await?;
-    let channel = lastseen::amqp::confirm_channel(&env.amqp).await?;
-    let publish = |id: i64| {
-        let body = json!({ "object_ids": [id], "accepted_at": chrono::Utc::now() }).to_string();
-        let channel = channel.clone();
-        let exchange = env.topology().callbacks_exchange;
-        async move {
-            lastseen::amqp::publish_mandatory(
-                &channel,
-                &exchange,
-                CHECK_ROUTING_KEY,
-                body.as_bytes(),
-                lastseen::amqp::persistent_json(),
-            )
-            .await?
-            .await
-        }
-    };
-    publish(42).await?;
+    env.publish_check(&[42]).await?;
     let in_flight = env
         .eventually(Duration::from_secs(10), || async {
             Ok(env.ready(&checks).await? == 0)
@@ -74,27 +56,14 @@ async fn a_check_in_flight_when_its_queue_is_deleted_is_stored_and_the_consumer_
         resubscribed,
         "the consumer did not subscribe to the declared-again queue"
     );
-    let stored = |id: i64| {
-        let pool = env.pool.clone();
-        move || {
-            let pool = pool.clone();
-            async move {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM objects WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&pool)
-                    .await?;
-                Ok(n == 1)
-            }
-        }
-    };
     assert!(
-        env.eventually(Duration::from_secs(10), stored(42)).await?,
+        env.stored_within(&[42], Duration::from_secs(10)).await?,
         "the check in flight when its queue was deleted was not stored"
     );
     // And the new queue is worked.
-    publish(43).await?;
+    env.publish_check(&[43]).await?;
     assert!(
-        env.eventually(Duration::from_secs(15), stored(43)).await?,
+        env.stored_within(&[43], Duration::from_secs(15)).await?,
         "a check published to the declared-again queue was not stored"
     );
     env.teardown().await

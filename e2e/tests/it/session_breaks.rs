@@ -7,8 +7,7 @@ use std::time::Duration;
 use e2e::fault_proxy::FaultProxy;
 use e2e::{Status, TestEnv};
 use lapin::options::QueueDeleteOptions;
-use lastseen::topology::{CHECK_ROUTING_KEY, Topology};
-use serde_json::json;
+use lastseen::topology::Topology;
 
 /// The work queue's delivery limit in this test: small, so a few breaks pass it.
 const DELIVERY_LIMIT: u32 = 4;
@@ -40,17 +39,7 @@ async fn a_message_in_flight_through_many_session_breaks_is_stored_not_dead_lett
         &format!("--amqp-url={}", proxy.amqp_url()),
         &format!("--delivery-limit={DELIVERY_LIMIT}"),
     ])?;
-    let channel = lastseen::amqp::confirm_channel(&env.amqp).await?;
-    let body = json!({ "object_ids": [42], "accepted_at": chrono::Utc::now() }).to_string();
-    lastseen::amqp::publish_mandatory(
-        &channel,
-        &topology.callbacks_exchange,
-        CHECK_ROUTING_KEY,
-        body.as_bytes(),
-        lastseen::amqp::persistent_json(),
-    )
-    .await?
-    .await?;
+    env.publish_check(&[42]).await?;
 
     // Three times the limit: each break returns the message to the queue, and RabbitMQ
     // counts it as a delivery.
@@ -80,18 +69,7 @@ async fn a_message_in_flight_through_many_session_breaks_is_stored_not_dead_lett
         proxy.restore().await?;
     }
 
-    let pool = env.pool.clone();
-    let stored = env
-        .eventually(Duration::from_secs(60), || {
-            let pool = pool.clone();
-            async move {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM objects WHERE id = 42")
-                    .fetch_one(&pool)
-                    .await?;
-                Ok(n == 1)
-            }
-        })
-        .await?;
+    let stored = env.stored_within(&[42], Duration::from_secs(60)).await?;
     let dead = env.ready(&topology.dead_letter_queue).await?;
     assert_eq!(dead, 0, "dead-lettered after {breaks} session breaks");
     assert!(stored, "id 42 was not stored after {breaks} session breaks");
