@@ -52,6 +52,17 @@ impl Status {
             ..Self::default()
         }
     }
+
+    /// Every object online, answered in 1.5 to 2 s: for tests that strike while a check
+    /// is surely in flight.
+    pub fn slow_all_online() -> Self {
+        Self {
+            delay_min_ms: 1500,
+            delay_max_ms: 2000,
+            online: "all",
+            ..Self::default()
+        }
+    }
 }
 
 /// A running component: its name, its stop token, and its task until stopped.

@@ -24,13 +24,7 @@ async fn delete_work_queue(env: &TestEnv) -> anyhow::Result<()> {
 async fn a_check_in_flight_when_its_queue_is_deleted_is_stored_and_the_consumer_subscribes_again()
 -> anyhow::Result<()> {
     // Checks take 1.5 to 2 s: the message is in flight when the queue goes.
-    let mut env = TestEnv::start(Status {
-        delay_min_ms: 1500,
-        delay_max_ms: 2000,
-        online: "all",
-        ..Status::default()
-    })
-    .await?;
+    let mut env = TestEnv::start(Status::slow_all_online()).await?;
     let checks = env.topology().checks_queue;
     env.start_consumer(&[])?;
     env.wait_for_consumers(&checks, 1).await?;

@@ -16,13 +16,7 @@ const DELIVERY_LIMIT: u32 = 4;
 async fn a_message_in_flight_through_many_session_breaks_is_stored_not_dead_lettered()
 -> anyhow::Result<()> {
     // Every check takes 1.5 to 2 s, so the message is in flight when the connection is cut.
-    let mut env = TestEnv::start(Status {
-        delay_min_ms: 1500,
-        delay_max_ms: 2000,
-        online: "all",
-        ..Status::default()
-    })
-    .await?;
+    let mut env = TestEnv::start(Status::slow_all_online()).await?;
     let mut args = env.topology_args();
     args.delivery_limit = DELIVERY_LIMIT;
     let topology = Topology::new(&args);
