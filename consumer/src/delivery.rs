@@ -50,7 +50,8 @@ pub async fn handle(delivery: Delivery, ctx: Arc<Context>) {
             if let Err(panic) = settled {
                 let reason = format!("the consumer panicked handling it: {}", panic_text(&*panic));
                 tracing::error!(%reason, "dead-lettering");
-                dead_letter(&delivery, &ctx, &reason, "panicked", None).await;
+                let request_id = lastseen::amqp::request_id_of(&delivery.properties);
+                dead_letter(&delivery, &ctx, &reason, "panicked", request_id.as_deref()).await;
             }
         }
         () = ended.cancelled() => {

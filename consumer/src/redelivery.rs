@@ -13,7 +13,8 @@
 //!
 //! The limit stays as the guard against a message that kills its consumer outright (a
 //! panic is caught and dead-letters the message at once): such a message is renewed
-//! too, until its deliveries summed over every renewal reach [`MAX_REDELIVERIES`].
+//! too, until its deliveries summed over every renewal reach [`GIVE_UP_AFTER_LIMITS`]
+//! times the limit (100 with the default 20).
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
@@ -21,9 +22,10 @@ use lastseen::amqp::header_int;
 use lastseen::contract::header;
 
 /// Deliveries of one message, summed over its renewals, after which it is dead-lettered
-/// as a message that keeps breaking its consumers. A healthy message is never held
-/// through this many breaks: once renewed it waits at the tail of the queue.
-pub const MAX_REDELIVERIES: u64 = 1000;
+/// as a message that keeps breaking its consumers, in multiples of the delivery limit.
+/// A healthy message is hardly held through that many breaks: once renewed it waits at
+/// the tail of the queue.
+pub const GIVE_UP_AFTER_LIMITS: u64 = 5;
 
 /// What to do with a delivery, judged by how often it was delivered before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,12 +44,15 @@ pub struct RenewPolicy {
     /// Renew a delivery whose `x-delivery-count` is at least this: half the limit (at
     /// least 1), so the limit is never reached by breaks alone.
     pub renew_at: u32,
+    /// Dead-letter instead once the deliveries summed over its renewals reach this.
+    pub give_up_at: u64,
 }
 
 impl RenewPolicy {
     pub fn new(delivery_limit: u32) -> Self {
         Self {
             renew_at: delivery_limit.div_ceil(2).max(1),
+            give_up_at: GIVE_UP_AFTER_LIMITS * u64::from(delivery_limit.max(1)),
         }
     }
 
@@ -58,7 +63,7 @@ impl RenewPolicy {
             return Redelivery::Handle;
         }
         let redeliveries = non_negative(header_int(properties, header::REDELIVERIES)) + count;
-        if redeliveries >= MAX_REDELIVERIES {
+        if redeliveries >= self.give_up_at {
             Redelivery::GiveUp { redeliveries }
         } else {
             Redelivery::Renew { redeliveries }
@@ -119,12 +124,12 @@ mod tests {
             Redelivery::Renew { redeliveries: 10 }
         );
         assert_eq!(
-            policy.judge(&delivered(Some(10), Some(980))),
-            Redelivery::Renew { redeliveries: 990 }
+            policy.judge(&delivered(Some(10), Some(80))),
+            Redelivery::Renew { redeliveries: 90 }
         );
         assert_eq!(
-            policy.judge(&delivered(Some(10), Some(990))),
-            Redelivery::GiveUp { redeliveries: 1000 }
+            policy.judge(&delivered(Some(10), Some(90))),
+            Redelivery::GiveUp { redeliveries: 100 }
         );
         assert_eq!(RenewPolicy::new(1).renew_at, 1);
         assert_eq!(RenewPolicy::new(5).renew_at, 3);

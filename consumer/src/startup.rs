@@ -230,9 +230,14 @@ async fn consume(
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
+                    resubscribing.succeeded();
                     shared.tracker.spawn(delivery::handle(delivery, ctx.clone()));
                 }
                 Some(Err(err)) => return Err(err.into()),
+                // The connection went: the session broke.
+                None if !session.is_usable() => {
+                    anyhow::bail!("the subscription ended with the connection")
+                }
                 // RabbitMQ cancelled the subscription but the session is fine: the work
                 // queue was deleted. Deliveries in flight finish (their rows are
                 // committed; their acks go nowhere); the queue is declared again and

@@ -316,16 +316,18 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Whether every one of `ids` has a row in `objects`.
+    pub async fn stored(&self, ids: &[i64]) -> anyhow::Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM objects WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n == ids.len() as i64)
+    }
+
     /// Waits until every one of `ids` has a row in `objects`, at most `within`.
     pub async fn stored_within(&self, ids: &[i64], within: Duration) -> anyhow::Result<bool> {
-        self.eventually(within, || async {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM objects WHERE id = ANY($1)")
-                .bind(ids)
-                .fetch_one(&self.pool)
-                .await?;
-            Ok(n == ids.len() as i64)
-        })
-        .await
+        self.eventually(within, || self.stored(ids)).await
     }
 
     /// Takes every message from a queue (acking each), returning bodies and properties.

@@ -155,6 +155,21 @@ pub fn header_int(properties: &BasicProperties, name: &str) -> Option<i64> {
     }
 }
 
+/// The `x-request-id` header of a message, if it has one.
+pub fn request_id_of(properties: &BasicProperties) -> Option<String> {
+    match properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(header::REQUEST_ID)?
+    {
+        lapin::types::AMQPValue::LongString(id) => {
+            Some(String::from_utf8_lossy(id.as_bytes()).into_owned())
+        }
+        _ => None,
+    }
+}
+
 /// Properties of a persistent JSON message.
 pub fn persistent_json() -> BasicProperties {
     BasicProperties::default()

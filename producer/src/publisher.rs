@@ -87,8 +87,8 @@ impl CallbackPublisher {
     }
 
     /// Declares the topology again, in the background and once at a time: a publish
-    /// nothing routed means the work queue or its binding is gone (an admin deleted it),
-    /// and until it is back every callback goes to the spool.
+    /// nothing routed (or to a missing exchange) means part of the topology is gone (an
+    /// admin deleted it), and until it is back every callback goes to the spool.
     fn redeclare(&self, session: &Arc<Session>) {
         if self.redeclaring.swap(true, Ordering::AcqRel) {
             return;
@@ -269,11 +269,19 @@ impl CallbackPublisher {
             });
             if session.is_usable() {
                 match err {
-                    PublishError::Timeout => self.timed_out_on(&session),
-                    PublishError::Amqp(AmqpError::Unroutable { .. }) => self.redeclare(&session),
-                    _ => {}
+                    PublishError::Timeout => {
+                        self.timed_out_on(&session);
+                        tracing::warn!(error = %err, "publish not confirmed in time");
+                    }
+                    // Unroutable, or the exchange gone: part of the topology was deleted.
+                    PublishError::Amqp(_) => {
+                        tracing::warn!(error = %err, "publish refused by RabbitMQ");
+                        self.redeclare(&session);
+                    }
+                    PublishError::NotConnected => {
+                        tracing::warn!(error = %err, "publish failed");
+                    }
                 }
-                tracing::warn!(error = %err, "publish not confirmed in time");
             } else {
                 tracing::warn!(error = %err, "publish failed; the session will be renewed");
                 self.keeper.broken(&session);

@@ -46,10 +46,15 @@ impl WebhookReceiver {
                     move |State(record): State<Arc<Mutex<Record>>>,
                           headers: HeaderMap,
                           body: Bytes| async move {
+                        // Recorded on arrival: a sender that gives up (or is killed)
+                        // during the delay has still sent it.
+                        let fail = {
+                            let mut record = record.lock().unwrap_or_else(|e| e.into_inner());
+                            record.requests.push((headers, body));
+                            record.requests.len() <= behaviour.fail_first
+                        };
                         tokio::time::sleep(behaviour.delay).await;
-                        let mut record = record.lock().unwrap_or_else(|e| e.into_inner());
-                        record.requests.push((headers, body));
-                        if record.requests.len() <= behaviour.fail_first {
+                        if fail {
                             StatusCode::INTERNAL_SERVER_ERROR
                         } else {
                             StatusCode::NO_CONTENT

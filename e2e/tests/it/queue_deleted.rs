@@ -35,6 +35,10 @@ async fn a_check_in_flight_when_its_queue_is_deleted_is_stored_and_the_consumer_
         })
         .await?;
     assert!(in_flight, "the consumer never took the message");
+    assert!(
+        !env.stored(&[42]).await?,
+        "the check finished before the deletion, so the deletion tested nothing"
+    );
 
     delete_work_queue(&env).await?;
     let resubscribed = env
@@ -76,7 +80,7 @@ async fn callbacks_after_the_work_queue_is_deleted_are_spooled_until_the_produce
 
     let mut sent = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let mut direct = false;
+    let (mut spooled, mut direct) = (0, false);
     while !direct && tokio::time::Instant::now() < deadline {
         let id = sent.len() as i64;
         let (status, answer) = e2e::post_callback(
@@ -88,8 +92,15 @@ async fn callbacks_after_the_work_queue_is_deleted_are_spooled_until_the_produce
         assert_eq!(status, 202, "{answer}");
         sent.insert(id);
         direct = answer["spooled"] == json!(false);
+        if !direct {
+            spooled += 1;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        spooled > 0,
+        "no callback was spooled: the deletion was not noticed"
+    );
     assert!(
         direct,
         "{} callbacks after the deletion were all spooled: the work queue was not declared again",

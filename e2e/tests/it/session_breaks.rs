@@ -46,6 +46,10 @@ async fn a_message_in_flight_through_many_session_breaks_is_stored_not_dead_lett
             })
             .await?;
         assert!(in_flight, "break {n}: the consumer never took the message");
+        assert!(
+            !env.stored(&[42]).await?,
+            "break {n}: the check finished before the cut, so the break tested nothing"
+        );
         assert_eq!(
             env.ready(&topology.dead_letter_queue).await?,
             0,

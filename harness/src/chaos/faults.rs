@@ -49,16 +49,15 @@ pub enum Fault {
 impl Fault {
     /// The order of a run. The spool's disk fills before any other fault spooled
     /// anything: pages the spool once used are its own, and a full disk would not stop it
-    /// writing there.
-    /// The work queue goes first: a retry dead-lettered while it was gone waits in its
-    /// retry queue for RabbitMQ's next attempt (about 3 minutes), and must be back well
-    /// before the drain.
+    /// writing there. The work queue goes next, early: a retry dead-lettered while it was
+    /// gone waits in its retry queue for RabbitMQ's next attempt (minutes), and must be
+    /// back before the drain ends.
     pub const SCHEDULE: [Fault; 8] = [
+        Fault::SpoolDiskFull,
         Fault::WorkQueueDeleted,
         Fault::KillConsumer,
         Fault::KillProducer,
         Fault::KillSweeper,
-        Fault::SpoolDiskFull,
         Fault::StopRabbitMq,
         Fault::StopPostgres,
         Fault::MemoryAlarm,
@@ -236,12 +235,13 @@ impl Chaos<'_> {
                 self.broker.memory_alarm(false).await
             }
             Fault::WorkQueueDeleted => {
-                let removed = super::work_queue::delete(self.broker, &self.topology).await?;
+                let deleted = super::work_queue::delete(self.broker, &self.topology).await?;
                 eprintln!(
-                    "[chaos]          {} messages were ready in the deleted work queue",
-                    removed.len()
+                    "[chaos]          {} messages were ready in the deleted work queue ({} more deleted unrecorded)",
+                    deleted.recorded.len(),
+                    deleted.unrecorded
                 );
-                self.removed.extend(removed);
+                self.removed.extend(deleted.recorded);
                 Ok(())
             }
             Fault::SpoolDiskFull => {

@@ -7,8 +7,8 @@
 //! setup     own RabbitMQ node + PostgreSQL cluster, fresh database, the processes
 //!           (two sweepers delivering to a webhook that takes 3 s per request)
 //! load      20 callbacks/s, every 2xx recorded as ground truth   ─┐
-//! faults    work queue deleted; kill -9 consumer, producer,      │ status service failing
-//!           sweeper; spool disk full; RabbitMQ and PostgreSQL    │ 20%, hanging 5% of calls
+//! faults    spool disk full; work queue deleted; kill -9         │ status service failing
+//!           consumer, producer, sweeper; RabbitMQ and PostgreSQL │ 20%, hanging 5% of calls
 //!           stopped 10 s (deadlines passing); memory alarm;      │
 //!           recovery measured after each                         │
 //! drain     load stopped; work and retry queues must empty       ─┘
@@ -64,7 +64,7 @@ pub struct ChaosArgs {
     #[arg(long, env = "CHAOS_OUTAGE_SECS", default_value_t = 10)]
     pub outage_secs: u64,
     /// Longest wait, in seconds, for the work and retry queues to empty after the load.
-    #[arg(long, env = "CHAOS_DRAIN_SECS", default_value_t = 120)]
+    #[arg(long, env = "CHAOS_DRAIN_SECS", default_value_t = 240)]
     pub drain_secs: u64,
     /// AMQP port of the suite's own RabbitMQ node (management on +10000, Erlang
     /// distribution on +20000).

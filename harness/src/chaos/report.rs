@@ -347,7 +347,7 @@ const FOOTNOTES: &str = "
   no dead letter answering for that callback. The messages that were ready in the work
   queue when the fault deleted it count as dead letters with the reason \"deleted with
   the work queue\": an admin's deletion removes them, not the pipeline.
-- *deadlines*: 1,000 ids (500 online) sent with a 12 s TTL before PostgreSQL is stopped,
+- *deadlines*: 1,000 ids (500 online) sent with a 20 s TTL before PostgreSQL is stopped,
   2 s before the first of their deadlines; each must be expired exactly once, with one
   `object.expired` notification, published.
 - *webhook*: two sweepers deliver every notification to a receiver that takes 3 s over

@@ -26,8 +26,17 @@ pub const DELETED_REASON: &str = "deleted with the work queue (chaos fault)";
 /// the wire are confirmed or blocked by then.
 const ALARM_LEAD: Duration = Duration::from_secs(1);
 
-/// Deletes the work queue of `topology` on `broker`; returns what was ready in it.
-pub async fn delete(broker: &BrokerNode, topology: &Topology) -> anyhow::Result<Vec<DeadLetter>> {
+/// What the deletion removed.
+pub struct Deleted {
+    /// The messages taken off before the deletion, read and recorded.
+    pub recorded: Vec<DeadLetter>,
+    /// Messages the deletion itself removed (ready between the taking and the deletion,
+    /// e.g. requeued by a consumer): their ids will show as lost.
+    pub unrecorded: u32,
+}
+
+/// Deletes the work queue of `topology` on `broker`.
+pub async fn delete(broker: &BrokerNode, topology: &Topology) -> anyhow::Result<Deleted> {
     broker.memory_alarm(true).await?;
     let deleted = async {
         tokio::time::sleep(ALARM_LEAD).await;
@@ -41,18 +50,21 @@ pub async fn delete(broker: &BrokerNode, topology: &Topology) -> anyhow::Result<
                 no_args(),
             )
             .await?;
-        let mut taken = dead_letters::take_from(&channel, &topology.checks_queue).await?;
-        channel
+        let mut recorded = dead_letters::take_from(&channel, &topology.checks_queue).await?;
+        let unrecorded = channel
             .queue_delete(
                 topology.checks_queue.as_str().into(),
                 QueueDeleteOptions::default(),
             )
             .await?;
         let _ = connection.close(200, "work queue deleted".into()).await;
-        for letter in &mut taken {
+        for letter in &mut recorded {
             DELETED_REASON.clone_into(&mut letter.reason);
         }
-        anyhow::Ok(taken)
+        anyhow::Ok(Deleted {
+            recorded,
+            unrecorded,
+        })
     }
     .await;
     // Cleared whatever happened, so a failed fault does not hold the run.
