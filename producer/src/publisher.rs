@@ -67,7 +67,7 @@ pub struct CallbackPublisher {
     lagging: std::sync::Mutex<Option<Weak<Session>>>,
     /// Publishes not confirmed in time since the last one that was.
     timeouts_in_a_row: AtomicU32,
-    /// True while the topology is being declared again after an unroutable publish.
+    /// True while the topology is being declared again after a refused publish.
     redeclaring: Arc<AtomicBool>,
 }
 
@@ -101,7 +101,7 @@ impl CallbackPublisher {
         tokio::spawn(async move {
             match session.declare(&topology).await {
                 Ok(()) => {
-                    tracing::info!("a publish was unroutable; the topology is declared again")
+                    tracing::info!("a publish was refused; the topology is declared again")
                 }
                 Err(err) => tracing::warn!(error = %err, "declaring the topology again failed"),
             }
