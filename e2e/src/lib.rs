@@ -316,6 +316,25 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Puts objects `ids` straight into `objects`, first and last seen 30 s before
+    /// `deadline`: for tests of what happens at and after a deadline.
+    pub async fn insert_objects(
+        &self,
+        ids: &[i64],
+        deadline: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO objects (id, first_seen, last_seen, expires_at)
+             SELECT id, $2, $2, $3 FROM UNNEST($1::bigint[]) AS id",
+        )
+        .bind(ids)
+        .bind(deadline - chrono::Duration::seconds(30))
+        .bind(deadline)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Whether every one of `ids` has a row in `objects`.
     pub async fn stored(&self, ids: &[i64]) -> anyhow::Result<bool> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM objects WHERE id = ANY($1)")

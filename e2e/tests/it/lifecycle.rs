@@ -177,14 +177,8 @@ async fn an_object_refreshed_while_a_sweep_runs_is_never_wrongly_expired_1000_ti
 async fn two_sweepers_expire_each_object_once_with_one_notification() -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::default()).await?;
     let due = Utc::now() + chrono::Duration::milliseconds(500);
-    sqlx::query(
-        "INSERT INTO objects (id, first_seen, last_seen, expires_at)
-         SELECT i, $1, $1, $2 FROM generate_series(0, 4999) AS i",
-    )
-    .bind(due - chrono::Duration::seconds(30))
-    .bind(due)
-    .execute(&env.pool)
-    .await?;
+    env.insert_objects(&(0..5000).collect::<Vec<i64>>(), due)
+        .await?;
     env.start_sweeper(&["--sweep-batch=200"])?;
     env.start_sweeper(&["--sweep-batch=200"])?;
 
@@ -276,14 +270,7 @@ async fn a_sighting_older_than_the_latest_expiry_does_not_resurrect_its_stretch(
     let secs = chrono::Duration::seconds;
     let last_seen = now - secs(60);
     let deadline = now - secs(30);
-    sqlx::query(
-        "INSERT INTO objects (id, first_seen, last_seen, expires_at) VALUES ($1, $2, $2, $3)",
-    )
-    .bind(id.get())
-    .bind(last_seen)
-    .bind(deadline)
-    .execute(&env.pool)
-    .await?;
+    env.insert_objects(&[id.get()], deadline).await?;
     let mut tx = env.pool.begin().await?;
     let expired = objects::expire_due(&mut tx, now, 100).await?;
     tx.commit().await?;

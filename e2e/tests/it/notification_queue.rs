@@ -77,15 +77,7 @@ async fn without_the_notification_queue_events_nobody_subscribed_to_are_still_pu
         )
         .await?;
     env.start_sweeper(&["--notifications-queue-max-length=0"])?;
-    let now = chrono::Utc::now();
-    sqlx::query(
-        "INSERT INTO objects (id, first_seen, last_seen, expires_at)
-         SELECT id, $1, $1, $2 FROM generate_series(1, 3) AS id",
-    )
-    .bind(now - chrono::Duration::seconds(30))
-    .bind(now)
-    .execute(&env.pool)
-    .await?;
+    env.insert_objects(&[1, 2, 3], chrono::Utc::now()).await?;
     let pool = env.pool.clone();
     let published = env
         .eventually(std::time::Duration::from_secs(20), || {

@@ -27,20 +27,6 @@ async fn start_slow_receiver() -> anyhow::Result<WebhookReceiver> {
     WebhookReceiver::start("127.0.0.1:0".parse()?, behaviour).await
 }
 
-async fn insert_due_objects(env: &TestEnv, ids: &[i64]) -> anyhow::Result<()> {
-    let now = Utc::now();
-    sqlx::query(
-        "INSERT INTO objects (id, first_seen, last_seen, expires_at)
-         SELECT id, $2, $2, $3 FROM UNNEST($1::bigint[]) AS id",
-    )
-    .bind(ids)
-    .bind(now - chrono::Duration::seconds(30))
-    .bind(now)
-    .execute(&env.pool)
-    .await?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_notification_reaches_the_webhook_signed_and_is_retried_after_a_failure()
 -> anyhow::Result<()> {
@@ -51,7 +37,7 @@ async fn every_notification_reaches_the_webhook_signed_and_is_retried_after_a_fa
         "--notify-webhook-secret=s3cret",
         "--notify-webhook-retry-base-ms=100",
     ])?;
-    insert_due_objects(&env, &[1, 2, 3]).await?;
+    env.insert_objects(&[1, 2, 3], Utc::now()).await?;
 
     // Three object.expired and one digest, all delivered (one after a 500).
     let pool = env.pool.clone();
@@ -116,7 +102,7 @@ async fn a_dead_webhook_ends_in_failed_and_never_holds_expiry() -> anyhow::Resul
         "--notify-webhook-retry-base-ms=50",
         "--notify-webhook-max-attempts=3",
     ])?;
-    insert_due_objects(&env, &[1, 2, 3]).await?;
+    env.insert_objects(&[1, 2, 3], Utc::now()).await?;
 
     let pool = env.pool.clone();
     let settled = env
@@ -163,7 +149,7 @@ async fn two_sweepers_and_a_slow_webhook_deliver_each_notification_once_in_one_a
         ])?;
     }
     let ids: Vec<i64> = (1..=200).collect();
-    insert_due_objects(&env, &ids).await?;
+    env.insert_objects(&ids, Utc::now()).await?;
 
     let pool = env.pool.clone();
     let settled = env
