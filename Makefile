@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECS ?= 60
 
-.PHONY: run test unit services build build-harness lint latency run-check compose-check ci bench chaos fuzz api-fuzz retry-check expiry-bench fresh-check memory-check
+.PHONY: run test unit services build build-harness lint latency run-check compose-check ci bench chaos cluster-chaos cluster-bench fuzz api-fuzz retry-check expiry-bench expiry-hold-check fresh-check memory-check
 
 ## run: install/start PostgreSQL and RabbitMQ if needed, build, start the whole pipeline
 run: services build
@@ -50,9 +50,11 @@ latency: services build-harness
 run-check: services build
 	@scripts/run-check.sh
 
-## compose-check: validate docker-compose.yml (no Docker engine needed)
+## compose-check: validate docker-compose.yml and its TLS and cluster variants (no Docker engine needed)
 compose-check:
 	docker-compose config -q
+	docker-compose -f docker-compose.yml -f docker-compose.tls.yml config -q
+	docker-compose -f docker-compose.yml -f docker-compose.cluster.yml config -q
 
 ci: lint test compose-check run-check
 
@@ -64,6 +66,13 @@ bench: services build-harness
 expiry-bench: services build-harness
 	@$(CARGO) run --release --locked -q -p harness -- expiry-bench
 
+## expiry-hold-check: 1,000 objects every 5 s, TTL 30 s, through 60 s outages (consumers stopped, status failing; PostgreSQL 45 s): 0 false expiries
+expiry-hold-check: services build
+	HOLD_OBJECTS=1000 HOLD_PERIOD_SECS=5 HOLD_TTL_SECS=30 HOLD_OUTAGE_SECS=60 \
+		$(CARGO) test --locked -q -p e2e --test it expiry_hold::objects_are_not_expired_while_the_ -- --nocapture --test-threads=1
+	HOLD_OBJECTS=1000 HOLD_PERIOD_SECS=5 HOLD_TTL_SECS=30 HOLD_OUTAGE_SECS=45 \
+		$(CARGO) test --locked -q -p e2e --test it expiry_hold::objects_are_not_expired_while_postgres_is_away -- --nocapture
+
 ## retry-check: status service failing everything: growing retry delays, dead letters with reason after MAX_ATTEMPTS, low consumer CPU
 retry-check: services build
 	@scripts/retry-check.sh
@@ -71,6 +80,14 @@ retry-check: services build
 ## chaos: the pipeline under load and faults (kill -9, RabbitMQ/PostgreSQL stopped); 0 lost ids (CHAOS_RUNS=n)
 chaos: services build-harness
 	@scripts/chaos.sh
+
+## cluster-chaos: a 3-node RabbitMQ cluster (own namespaces): node killed, cut off, rolling restart; 0 lost ids (CLUSTER_RUNS=n)
+cluster-chaos: services build-harness
+	@scripts/chaos.sh cluster-chaos
+
+## cluster-bench: ids/s and CPU per id with 1, 2 and 3 consumers against a 3-node RabbitMQ cluster (as root)
+cluster-bench: services build-harness
+	@scripts/cluster-bench.sh
 
 ## fuzz: fuzz the callback body parser (cargo-fuzz, libFuzzer) for FUZZ_SECS seconds (default 60)
 fuzz:

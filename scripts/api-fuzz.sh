@@ -6,7 +6,9 @@
 # something). Removes its queues, exchanges and spool afterwards.
 #
 # API_FUZZ_EXAMPLES (default 2000): test cases per operation and phase; API_FUZZ_SEED: a
-# seed to replay a run.
+# seed to replay a run. The producer runs with API keys on (every request sends one, and
+# requests without a key or with a wrong one are checked to get 401 first);
+# API_FUZZ_KEYS=off runs it without.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
@@ -27,6 +29,12 @@ run=apifuzz-$(date +%s)-$$
 export TOPOLOGY_PREFIX=$run NOTIFICATIONS_EXCHANGE=$run.notifications-x
 PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export CALLBACK_ADDR=127.0.0.1:$PORT SPOOL_PATH=$WORK/$run/spool.redb RUST_LOG=warn
+auth=()
+if [ "${API_FUZZ_KEYS:-on}" != "off" ]; then
+  key=apifuzz-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+  export CALLBACK_API_KEYS="rotated-out-key-0123456789,$key"
+  auth=(--header "Authorization: Bearer $key")
+fi
 mkdir -p "$WORK/$run"
 BASE=http://127.0.0.1:$PORT
 
@@ -52,6 +60,18 @@ wait_ready() {
 }
 wait_ready
 
+if ((${#auth[@]})); then
+  for header in "" "Authorization: Bearer wrong-key-0123456789abcdef" "Authorization: Basic Z3Vlc3Q6Z3Vlc3Q="; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' ${header:+-H "$header"} -H 'content-type: application/json' \
+      -d '{"object_ids":[1]}' "$BASE/callback")
+    if [ "$code" != 401 ]; then
+      echo "api-fuzz: FAILED: a callback with ${header:-no Authorization header} got $code, not 401" >&2
+      exit 1
+    fi
+  done
+  echo "api-fuzz: API keys on: no key, a wrong key and Basic auth each got 401"
+fi
+
 tally_file=$WORK/$run/tally
 : >"$tally_file"
 set +e
@@ -62,6 +82,7 @@ API_FUZZ_TALLY=$tally_file SCHEMATHESIS_HOOKS=scripts/api_fuzz_support.py \
   --max-examples "$EXAMPLES" \
   --workers 2 \
   --request-timeout 10 \
+  "${auth[@]}" \
   --generation-database none \
   --no-color \
   ${API_FUZZ_SEED:+--seed "$API_FUZZ_SEED"}

@@ -8,25 +8,37 @@
 # CHAOS_RUNS=N runs it N times in a row, each a fresh run, stopping at the first failure;
 # each run's report and logs are kept in target/chaos/runs/<n>/. Other settings
 # (CHAOS_RATE, CHAOS_MAX_IDS, ports, ...): `target/release/harness chaos --help`.
+#
+# `scripts/chaos.sh cluster-chaos` (`make cluster-chaos`) runs the cluster scenario the
+# same way: CLUSTER_RUNS times, reports in target/cluster-chaos/runs/<n>/ (settings:
+# `target/release/harness cluster-chaos --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${CHAOS_RUNS:-1}
-OUT=${CHAOS_OUT:-target/chaos}
+SCENARIO=chaos
+if [ "${1:-}" = cluster-chaos ]; then
+  SCENARIO=cluster-chaos
+  shift
+  RUNS=${CLUSTER_RUNS:-1}
+  OUT=${CLUSTER_OUT:-target/cluster-chaos}
+else
+  RUNS=${CHAOS_RUNS:-1}
+  OUT=${CHAOS_OUT:-target/chaos}
+fi
 
 rm -rf "$OUT/runs"
 for i in $(seq 1 "$RUNS"); do
-  echo "=== chaos run $i of $RUNS ==="
+  echo "=== $SCENARIO run $i of $RUNS ==="
   started=$(date +%s)
   status=0
-  target/release/harness chaos "$@" || status=$?
+  target/release/harness "$SCENARIO" "$@" || status=$?
   mkdir -p "$OUT/runs/$i"
   for f in result.md result.json logs; do
     if [ -e "$OUT/$f" ]; then cp -r "$OUT/$f" "$OUT/runs/$i/"; fi
   done
-  echo "chaos run $i of $RUNS took $(( $(date +%s) - started )) s"
+  echo "$SCENARIO run $i of $RUNS took $(( $(date +%s) - started )) s"
   if [ "$status" -ne 0 ]; then
-    echo "chaos run $i of $RUNS FAILED; its report and logs: $OUT/runs/$i/"
+    echo "$SCENARIO run $i of $RUNS FAILED; its report and logs: $OUT/runs/$i/"
     exit "$status"
   fi
 done
-echo "chaos: $RUNS of $RUNS runs passed, 0 lost ids"
+echo "$SCENARIO: $RUNS of $RUNS runs passed, 0 lost ids"

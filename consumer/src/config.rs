@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lastseen::config::{AmqpArgs, DatabaseArgs, LogArgs, parse_positive_millis};
+use lastseen::tls::TlsArgs;
 use lastseen::topology::TopologyArgs;
 
 /// Checks queued object ids against the status service and records last_seen.
@@ -63,7 +64,7 @@ pub struct Config {
 
     /// Where `/metrics` (Prometheus), `/healthz` and `/readyz` are served; port 0 picks
     /// a free one (logged). Each consumer on one host needs its own.
-    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9101")]
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9101")]
     pub metrics_addr: std::net::SocketAddr,
 
     #[command(flatten)]
@@ -71,6 +72,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub amqp: AmqpArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     #[command(flatten)]
     pub topology: TopologyArgs,
@@ -89,8 +93,8 @@ fn parse_flush_millis(s: &str) -> Result<Duration, String> {
 
 fn parse_status_url(s: &str) -> Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(s).map_err(|e| e.to_string())?;
-    if !matches!(url.scheme(), "http") {
-        return Err("must be an http:// URL".into());
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must be an http:// or https:// URL".into());
     }
     Ok(url)
 }

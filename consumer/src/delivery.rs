@@ -10,10 +10,12 @@ use futures::FutureExt;
 use futures::future::join_all;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lastseen::progress::Held;
 use lastseen::store::objects::Sighting;
 use lastseen::{CheckMessage, ObjectId};
 use tracing::Instrument;
 
+use crate::holds;
 use crate::redelivery::{self, Redelivery, RenewPolicy};
 use crate::retry::{Outcome, Retrier, attempt_of};
 use crate::status::StatusClient;
@@ -39,17 +41,25 @@ pub struct Context {
     pub default_ttl: std::time::Duration,
     /// When a redelivered message is re-published fresh (see [`crate::redelivery`]).
     pub renew: RenewPolicy,
+    /// For per-object expiry holds (see [`crate::holds`]).
+    pub pool: sqlx::PgPool,
 }
 
 /// Handles one delivery to the end: acked once durable, or left unacked (and so
-/// redelivered) if anything on the way failed or its session broke.
-pub async fn handle(delivery: Delivery, ctx: Arc<Context>) {
+/// redelivered) if anything on the way failed or its session broke. `held` keeps its
+/// `accepted_at` in this process's progress reports until then.
+pub async fn handle(delivery: Delivery, ctx: Arc<Context>, held: Option<Held>) {
+    let _held = held;
     let ended = ctx.ended.clone();
     tokio::select! {
         settled = AssertUnwindSafe(settle(&delivery, &ctx)).catch_unwind() => {
             if let Err(panic) = settled {
                 let reason = format!("the consumer panicked handling it: {}", panic_text(&*panic));
                 tracing::error!(%reason, "dead-lettering");
+                // Given up: its ids are settled, and any hold of theirs goes.
+                if let Ok(message) = serde_json::from_slice::<CheckMessage>(&delivery.data) {
+                    holds::release(&ctx.pool, &message.object_ids, message.accepted_at).await;
+                }
                 let request_id = lastseen::amqp::request_id_of(&delivery.properties);
                 dead_letter(&delivery, &ctx, &reason, "panicked", request_id.as_deref()).await;
             }
@@ -138,6 +148,8 @@ async fn settle(delivery: &Delivery, ctx: &Context) {
             );
             tracing::error!(%reason, "dead-lettering");
             let request_id = message.request_id.as_deref();
+            // Given up: its ids are settled, and any hold of theirs goes.
+            holds::release(&ctx.pool, &message.object_ids, message.accepted_at).await;
             return dead_letter(delivery, ctx, &reason, "redelivered", request_id).await;
         }
     }
@@ -170,10 +182,11 @@ async fn check_message(delivery: &Delivery, ctx: &Context, message: CheckMessage
     )
     .await;
     let mut failed = Vec::new();
+    let mut settled = Vec::new();
     let mut reason = String::new();
     for (id, outcome) in message.object_ids.iter().zip(outcomes) {
         match outcome {
-            Settled::Stored | Settled::Offline => {}
+            Settled::Stored | Settled::Offline => settled.push(*id),
             Settled::Failed(why) => {
                 tracing::debug!(%why, attempt, "status check failed");
                 reason = why;
@@ -182,6 +195,13 @@ async fn check_message(delivery: &Delivery, ctx: &Context, message: CheckMessage
             // Shutting down before commit: leave the message unacked for redelivery.
             Settled::WriterStopped => return,
         }
+    }
+    // Ids that go to a retry queue are held from expiry first (see `crate::holds`).
+    if !failed.is_empty()
+        && attempt < ctx.retrier.policy.max_attempts
+        && !holds::hold(&ctx.pool, &failed, message.accepted_at, &ctx.ended).await
+    {
+        return;
     }
     if !failed.is_empty() {
         let retry = CheckMessage {
@@ -202,6 +222,7 @@ async fn check_message(delivery: &Delivery, ctx: &Context, message: CheckMessage
                 tracing::info!(ids = retry.object_ids.len(), attempt, ?delay, %reason, "check failed, retrying later");
             }
             Ok(Outcome::DeadLettered) => {
+                settled.extend(&retry.object_ids);
                 metrics::counter!(metric::DEAD_LETTERS_TOTAL, "reason" => "attempts").increment(1);
                 tracing::warn!(ids = ?retry.object_ids, attempt, %reason, "check failed for the last time, dead-lettered");
             }
@@ -210,6 +231,11 @@ async fn check_message(delivery: &Delivery, ctx: &Context, message: CheckMessage
                 return requeue(delivery, &err.to_string()).await;
             }
         }
+    }
+    // Only a retry (attempt 2 on), or a delivery that got as far as holding its failed
+    // ids before (redelivered), can have held ids.
+    if attempt > 1 || delivery.redelivered {
+        holds::release(&ctx.pool, &settled, message.accepted_at).await;
     }
     ack(delivery).await;
 }

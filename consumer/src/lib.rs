@@ -3,6 +3,7 @@
 
 mod config;
 mod delivery;
+mod holds;
 mod redelivery;
 mod retry;
 mod startup;

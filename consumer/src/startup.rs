@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lastseen::amqp::{AmqpError, no_args};
+use lastseen::amqp::{AmqpError, Broker, no_args};
 use lastseen::ops::WorkerOps;
+use lastseen::progress::{Reporter, Role, Unsettled};
 use lastseen::session::{Session, SessionKeeper};
 use lastseen::topology::Topology;
 use tokio::sync::Semaphore;
@@ -19,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::delivery::{self, Context};
 use crate::redelivery::RenewPolicy;
-use crate::retry::{Retrier, RetryPolicy};
+use crate::retry::{Retrier, RetryPolicy, attempt_of};
 use crate::status::StatusClient;
 use crate::writer::LastSeenWriter;
 
@@ -39,6 +40,10 @@ struct Shared {
     tracker: TaskTracker,
     /// True while a session consumes the work queue (for `/readyz`).
     consuming: Arc<AtomicBool>,
+    /// The `accepted_at` of every delivery in hand, for the progress reports.
+    unsettled: Unsettled,
+    reporter: Reporter,
+    pool: sqlx::PgPool,
 }
 
 impl Application {
@@ -51,14 +56,22 @@ impl Application {
         let config = self.config;
         let open_files = lastseen::limits::raise_open_files();
         tracing::debug!(open_files, "open-file limit");
-        let status = StatusClient::new(config.status_url.clone(), config.status_timeout_ms)
-            .context("cannot build the status service client")?;
+        config.tls.check()?;
+        let status = StatusClient::new(
+            config.status_url.clone(),
+            config.status_timeout_ms,
+            &config.tls,
+        )
+        .context("cannot build the status service client")?;
         let ops = WorkerOps::serve(
             config.metrics_addr,
             "not consuming; reconnecting with backoff",
         )
         .await?;
-        let Some(pool) = ops.connect_database(&config.database, &shutdown).await? else {
+        let Some(pool) = ops
+            .connect_database(&config.database, &config.tls, &shutdown)
+            .await?
+        else {
             return Ok(());
         };
         let abandon = CancellationToken::new();
@@ -68,6 +81,7 @@ impl Application {
             config.batch_flush_ms,
             abandon.clone(),
         );
+        let unsettled = Unsettled::default();
         let shared = Shared {
             topology: Topology::new(&config.topology),
             policy: RetryPolicy {
@@ -80,16 +94,32 @@ impl Application {
             writer,
             tracker: TaskTracker::new(),
             consuming: ops.rabbitmq_up(),
+            reporter: Reporter::new(
+                Reporter::consumer_name(),
+                Role::Consumer,
+                vec![unsettled.clone()],
+            ),
+            unsettled,
+            pool: pool.clone(),
             config,
         };
 
         let sessions = SessionKeeper::new(
-            &shared.config.amqp.amqp_url,
+            Broker::new(&shared.config.amqp.amqp_url, &shared.config.tls),
             "consumer",
             shared.topology.clone(),
         );
         let keeper_stop = CancellationToken::new();
         let keeper = tokio::spawn(sessions.clone().run(keeper_stop.clone()));
+        // Reports go on until the consume channel is closed (what it had not acked is
+        // back in the queue), so deliveries finishing during the shutdown's grace are
+        // still reported.
+        let reporting_stop = CancellationToken::new();
+        let reporting = tokio::spawn(shared.reporter.clone().run(
+            sessions.clone(),
+            shared.topology.clone(),
+            reporting_stop.clone(),
+        ));
         // The session before the current one stays open until the current one ends, so
         // work in flight on it can still ack where its connection still works.
         let mut previous: Option<Arc<Session>> = None;
@@ -162,6 +192,9 @@ impl Application {
         if tokio::time::timeout(grace, writer_task).await.is_err() {
             abandon.cancel();
         }
+        // Now every delivery is acked or back in the queue: the last report says so.
+        reporting_stop.cancel();
+        let _ = reporting.await;
         if let Some(session) = previous {
             session.close("consumer shutting down").await;
         }
@@ -174,6 +207,17 @@ impl Application {
             None => Ok(()),
         }
     }
+}
+
+/// The `accepted_at` of a check message's body (`None` if malformed: it is dead-lettered).
+fn accepted_at(body: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
+    #[derive(serde::Deserialize)]
+    struct Stamp {
+        accepted_at: chrono::DateTime<chrono::Utc>,
+    }
+    serde_json::from_slice::<Stamp>(body)
+        .ok()
+        .map(|stamp| stamp.accepted_at)
 }
 
 /// Subscribes to the work queue on `channel`.
@@ -221,9 +265,17 @@ async fn consume(
         ended: CancellationToken::new(),
         default_ttl: Duration::from_secs(u64::from(shared.config.object_ttl_secs)),
         renew: RenewPolicy::new(shared.config.topology.delivery_limit),
+        pool: shared.pool.clone(),
     });
     // Any way out but shutdown means the session broke: stop its deliveries' work.
     let session_ended = ctx.ended.clone().drop_guard();
+    // Known to the sweepers, with an alive queue on this connection, before it takes
+    // any delivery (see `lastseen::progress`).
+    shared
+        .reporter
+        .declare_alive_queue(session, &shared.topology)
+        .await?;
+    shared.reporter.announce(session, &shared.topology).await;
     let mut consumer = subscribe(&channel, shared).await?;
     let mut resubscribing = lastseen::backoff::Retries::new();
     loop {
@@ -231,7 +283,15 @@ async fn consume(
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     resubscribing.succeeded();
-                    shared.tracker.spawn(delivery::handle(delivery, ctx.clone()));
+                    // Held from the moment it is read, so no progress report misses it. A
+                    // retry (attempt 2 on) is not: its ids are held one by one in
+                    // PostgreSQL (`crate::holds`), and one failing id must not hold
+                    // every object's expiry.
+                    let held = (attempt_of(&delivery.properties) == 1)
+                        .then(|| accepted_at(&delivery.data))
+                        .flatten()
+                        .map(|at| shared.unsettled.hold(at));
+                    shared.tracker.spawn(delivery::handle(delivery, ctx.clone(), held));
                 }
                 Some(Err(err)) => return Err(err.into()),
                 // The connection went: the session broke.

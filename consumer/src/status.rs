@@ -35,8 +35,15 @@ pub struct StatusClient {
 }
 
 impl StatusClient {
-    pub fn new(base: reqwest::Url, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+    /// A client for `base`, trusting what `tls` says. A client certificate that does not
+    /// fit its key is refused, naming the setting.
+    pub fn new(
+        base: reqwest::Url,
+        timeout: Duration,
+        tls: &lastseen::tls::TlsArgs,
+    ) -> anyhow::Result<Self> {
+        let http = tls
+            .http_client()?
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(90))

@@ -13,6 +13,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod certs;
 pub mod cli_checks;
 pub mod fault_proxy;
 pub mod private_postgres;
@@ -28,6 +29,8 @@ pub struct Status {
     pub delay_max_ms: u64,
     pub online: &'static str,
     pub fail_rate: f64,
+    /// Serve HTTPS with this certificate and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Status {
@@ -37,6 +40,7 @@ impl Default for Status {
             delay_max_ms: 4300,
             online: "even",
             fail_rate: 0.0,
+            tls: None,
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct TestEnv {
     pub channel: Channel,
     /// Exact queue counts.
     pub broker: harness::broker_admin::BrokerAdmin,
+    /// Set it to make the status service answer 500 to everything.
+    pub status_outage: std::sync::Arc<std::sync::atomic::AtomicBool>,
     shutdown: CancellationToken,
     components: Vec<Component>,
     status_task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -113,17 +119,26 @@ impl TestEnv {
             fail_rate: status.fail_rate,
             hang_rate: 0.0,
             delay_by_id: false,
+            tls_cert: status.tls.as_ref().map(|(cert, _)| cert.clone()),
+            tls_key: status.tls.as_ref().map(|(_, key)| key.clone()),
         })
         .await?;
-        let status_url = format!("http://{}", simulator.addr());
+        let scheme = if status.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let status_url = format!("{scheme}://{}", simulator.addr());
+        let status_outage = simulator.outage.clone();
         let status_task = tokio::spawn(simulator.run_until_stopped(shutdown.clone()));
 
         let db_args = lastseen::config::DatabaseArgs {
             database_url: database_url.clone(),
             database_max_connections: 4,
         };
-        let pool = lastseen::db::connect_and_migrate(&db_args, &shutdown).await?;
-        let amqp = lastseen::amqp::connect(&amqp_url(), "e2e-test").await?;
+        let pool =
+            lastseen::db::connect_and_migrate(&db_args, &Default::default(), &shutdown).await?;
+        let amqp = lastseen::amqp::connect(&amqp_url().as_str().into(), "e2e-test").await?;
         let channel = amqp.create_channel().await?;
         let spool_dir = std::env::temp_dir().join(format!("lastseen-test-{name}"));
         let env = Self {
@@ -137,6 +152,7 @@ impl TestEnv {
             amqp,
             channel,
             broker: harness::broker_admin::BrokerAdmin::new(&amqp_url()),
+            status_outage,
             shutdown,
             components: Vec::new(),
             status_task: Some(status_task),
@@ -147,12 +163,21 @@ impl TestEnv {
         Ok(env)
     }
 
+    /// The name of this test's database (the last part of its URL).
+    pub fn database_name(&self) -> &str {
+        self.database_url
+            .rsplit('/')
+            .next()
+            .expect("a database URL ends with the database name")
+    }
+
     pub fn topology_args(&self) -> lastseen::topology::TopologyArgs {
         lastseen::topology::TopologyArgs {
             topology_prefix: self.prefix.clone(),
             notifications_exchange: self.notifications_exchange.clone(),
             delivery_limit: 20,
             notifications_queue_max_length: 100_000,
+            quorum_replicas: None,
         }
     }
 
@@ -474,7 +499,7 @@ pub async fn post_ids(url: &str, ids: &[i64]) -> anyhow::Result<()> {
 /// `GET {base}/readyz`: its status code and body (0 and the error text when nothing
 /// answered).
 pub async fn readiness(base: &str) -> (u16, serde_json::Value) {
-    match reqwest::get(format!("{base}/readyz")).await {
+    match lastseen::tls::get(format!("{base}/readyz")).await {
         Ok(response) => {
             let status = response.status().as_u16();
             (status, response.json().await.unwrap_or_default())

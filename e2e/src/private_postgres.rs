@@ -21,6 +21,15 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     /// Creates and starts a server whose user [`USER`] logs in with `password` only.
     pub fn start(password: &str) -> anyhow::Result<Self> {
+        Self::start_with(password, None)
+    }
+
+    /// [`Self::start`], with `ssl = on` and this server certificate and key (PEM).
+    pub fn start_tls(password: &str, cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        Self::start_with(password, Some((cert, key)))
+    }
+
+    fn start_with(password: &str, tls: Option<(&Path, &Path)>) -> anyhow::Result<Self> {
         let bin = newest_server_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("lastseen-test-pg-")
@@ -29,6 +38,20 @@ impl PrivatePostgres {
         let pwfile = dir.path().join("pwfile");
         std::fs::write(&pwfile, password)?;
         let data = dir.path().join("data");
+        // The server reads its certificate and key from its own folder (a key must be
+        // its user's alone).
+        let mut ssl = String::new();
+        if let Some((cert, key)) = tls {
+            let (own_cert, own_key) =
+                (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::copy(cert, &own_cert)?;
+            std::fs::copy(key, &own_key)?;
+            ssl = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                own_cert.display(),
+                own_key.display()
+            );
+        }
         let server = Self { dir, bin, port };
         // PostgreSQL refuses to run as root: as root, the folder goes to `postgres`.
         if is_root() {
@@ -49,7 +72,7 @@ impl PrivatePostgres {
             .arg(server.dir.path().join("log"))
             .arg("-o")
             .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{ssl}",
                 server.dir.path().display()
             ))
             .arg("start"))?;

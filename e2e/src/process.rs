@@ -56,7 +56,11 @@ pub fn start(program: &str, env: &[(&str, String)]) -> anyhow::Result<Process> {
 
 /// The samples of a Prometheus text page, keyed by `name{labels}` as printed.
 pub async fn scrape(url: &str) -> anyhow::Result<HashMap<String, f64>> {
-    let page = reqwest::get(url).await?.error_for_status()?.text().await?;
+    let page = lastseen::tls::get(url)
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
     Ok(page
         .lines()
         .filter(|line| !line.starts_with('#'))

@@ -75,7 +75,9 @@ impl BrokerAdmin {
     /// Also reads the management API at `management_url` (e.g. `http://127.0.0.1:15672`),
     /// as the AMQP URL's user, in its virtual host.
     pub fn with_management(mut self, management_url: &str) -> anyhow::Result<Self> {
-        let amqp = reqwest::Url::parse(&self.amqp_url).context("AMQP URL is not a URL")?;
+        // The credentials and virtual host of the first node when the URL lists several.
+        let first = self.amqp_url.split(',').next().unwrap_or_default();
+        let amqp = reqwest::Url::parse(first).context("AMQP URL is not a URL")?;
         let user = match amqp.username() {
             "" => "guest".to_owned(),
             user => user.to_owned(),
@@ -88,7 +90,7 @@ impl BrokerAdmin {
             named => named,
         };
         self.management = Some(Management {
-            http: reqwest::Client::builder()
+            http: lastseen::tls::http_client()
                 .timeout(MANAGEMENT_TIMEOUT)
                 .build()?,
             api_url: format!("{}/api", management_url.trim_end_matches('/')),
@@ -104,7 +106,9 @@ impl BrokerAdmin {
     pub async fn counts(&self, queue: &str) -> anyhow::Result<QueueCounts> {
         let mut connection = self.connection.lock().await;
         if !connection.as_ref().is_some_and(|c| c.status().connected()) {
-            *connection = Some(lastseen::amqp::connect(&self.amqp_url, "broker-admin").await?);
+            *connection = Some(
+                lastseen::amqp::connect(&self.amqp_url.as_str().into(), "broker-admin").await?,
+            );
         }
         let connection = connection
             .as_ref()

@@ -125,7 +125,9 @@ async fn scenario(
         database_url: database_url.clone(),
         database_max_connections: 4,
     };
-    let pool = lastseen::db::connect_and_migrate(&db_args, &Default::default()).await?;
+    let pool =
+        lastseen::db::connect_and_migrate(&db_args, &Default::default(), &Default::default())
+            .await?;
     let topology = Topology::new(&TopologyArgs {
         topology_prefix: PREFIX.into(),
         notifications_exchange: format!("{PREFIX}.notifications"),
@@ -133,9 +135,10 @@ async fn scenario(
         // The bench reads every event from a queue of its own (as a reader that must
         // see each one does), not from the bounded convenience queue.
         notifications_queue_max_length: 0,
+        quorum_replicas: None,
     });
     let reader = format!("{PREFIX}.expiry-bench-reader");
-    let amqp = lastseen::amqp::connect(&args.amqp_url, "expiry-bench").await?;
+    let amqp = lastseen::amqp::connect(&args.amqp_url.as_str().into(), "expiry-bench").await?;
     let channel = amqp.create_channel().await?;
     // The reader, and the pipeline's convenience queue an older bench read from: a
     // leftover queue of hundreds of thousands of events slows the whole broker.

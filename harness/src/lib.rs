@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod broker_admin;
 pub mod chaos;
+pub mod cluster;
 pub mod expiry_bench;
 pub mod load;
 pub mod process;

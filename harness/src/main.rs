@@ -27,6 +27,12 @@ enum Command {
     /// Run the whole pipeline under load and faults, verify nothing accepted was lost
     /// (see `make chaos`).
     Chaos(harness::chaos::ChaosArgs),
+    /// The pipeline on a three-node RabbitMQ cluster: a node killed, one cut off, a
+    /// rolling restart; verify nothing accepted was lost (see `make cluster-chaos`).
+    ClusterChaos(harness::cluster::ClusterArgs),
+    /// Form the same three-node cluster and keep it until SIGTERM (see
+    /// `make cluster-bench`).
+    ClusterUp(harness::cluster::ClusterArgs),
 }
 
 #[tokio::main]
@@ -37,6 +43,8 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => harness::bench::run(args, shutdown).await,
         Command::Chaos(args) => harness::chaos::run(args, shutdown).await,
+        Command::ClusterChaos(args) => harness::cluster::run(args, shutdown).await,
+        Command::ClusterUp(args) => harness::cluster::up(args, shutdown).await,
         Command::ExpiryBench(args) => harness::expiry_bench::run(args).await,
         Command::Load(args) => harness::load::run(args, shutdown).await.map(|report| {
             println!("{report}");

@@ -2,6 +2,10 @@
 //! confirm-mode channels, and publish persistent messages whose confirm and routing are
 //! both checked. A process keeps its connection through [`crate::session`].
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
@@ -76,20 +80,190 @@ fn refusal(err: &lapin::Error) -> Option<String> {
     })
 }
 
-/// Connects once; the connection is named so admins can tell processes apart in the UI.
-/// A refusal of the settings is [`AmqpError::Refused`]; anything else is
+/// The heartbeat asked for when `AMQP_URL` names none (`?heartbeat=`): RabbitMQ finds a
+/// dead peer within about three, and only then requeues a lost consumer's deliveries, so
+/// this bounds how long the sweeper waits for a consumer that went silent (see
+/// [`crate::progress`]). RabbitMQ's own default is 60 s.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+
+/// Longest wait for one node to accept a connection: a node cut off by a partition
+/// drops packets rather than refusing, and must not hold up the next node of the list.
+pub const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
+/// Where RabbitMQ is: the URL of each node of one cluster (one URL for a single node)
+/// and, for `amqps://`, the TLS settings (extra CA, client certificate) of
+/// [`crate::tls::TlsArgs`]. Clones share which node to try first.
+#[derive(Clone)]
+pub struct Broker {
+    nodes: Arc<[String]>,
+    /// The node to try first at the next connect: the one after the node last connected
+    /// to, so a process whose node was lost (or cut off) goes to another at once.
+    next: Arc<AtomicUsize>,
+    tls: lapin::tcp::OwnedTLSConfig,
+}
+
+impl Broker {
+    /// A broker at `urls`: one URL, or the comma-separated URLs of a cluster's nodes.
+    pub fn new(urls: &str, tls: &crate::tls::TlsArgs) -> Self {
+        Self {
+            nodes: crate::config::split_urls(urls)
+                .into_iter()
+                .filter(|url| !url.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            next: Arc::new(AtomicUsize::new(0)),
+            tls: tls.amqp(),
+        }
+    }
+
+    /// The URLs with their passwords hidden, for logs and errors.
+    pub fn shown(&self) -> String {
+        crate::config::redact_url(&self.nodes.join(","))
+    }
+
+    /// How many nodes the URL names.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Broker({})", self.shown())
+    }
+}
+
+/// A broker with the system's roots only (tools and tests on loopback).
+impl From<&str> for Broker {
+    fn from(url: &str) -> Self {
+        Self::new(url, &crate::tls::TlsArgs::default())
+    }
+}
+
+impl From<&String> for Broker {
+    fn from(url: &String) -> Self {
+        Self::from(url.as_str())
+    }
+}
+
+/// Connects to one node of `broker` (with [`DEFAULT_HEARTBEAT_SECS`] unless its URL sets
+/// a heartbeat), trying each once, starting after the node last connected to, each for
+/// at most [`CONNECT_LIMIT`]. The connection is named so admins can tell processes apart
+/// in the UI. A refusal of the settings, or a TLS certificate that is not trusted, is
+/// [`AmqpError::Refused`] when every node refused; when no node answers, the last node's
 /// [`AmqpError::Connect`].
-pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
+pub async fn connect(broker: &Broker, name: &str) -> Result<Connection, AmqpError> {
+    let count = broker.nodes.len().max(1);
+    let first = broker.next.load(Ordering::Relaxed) % count;
+    let mut last_error = None;
+    let (mut refusals, mut last_refusal) = (0, None);
+    for offset in 0..count {
+        let index = (first + offset) % count;
+        let Some(url) = broker.nodes.get(index) else {
+            break;
+        };
+        match connect_node(url, &broker.tls, name).await {
+            Ok(connection) => {
+                broker.next.store(index + 1, Ordering::Relaxed);
+                if count > 1 {
+                    tracing::info!(
+                        node = %crate::config::redact_url(url),
+                        "connected to RabbitMQ node {} of {count}",
+                        index + 1
+                    );
+                }
+                return Ok(connection);
+            }
+            // A node's refusal is fatal when it has no other node to go to; else the
+            // next node may serve (a node whose virtual host is down refuses alone).
+            Err(err) if err.is_fatal() && count == 1 => return Err(err),
+            Err(err) if err.is_fatal() => {
+                tracing::warn!(
+                    node = %crate::config::redact_url(url),
+                    "RabbitMQ node {} of {count} refused the settings, trying the next: {err:#}",
+                    index + 1
+                );
+                refusals += 1;
+                last_refusal = Some(err);
+            }
+            Err(err) => {
+                if count > 1 {
+                    tracing::warn!(
+                        node = %crate::config::redact_url(url),
+                        "RabbitMQ node {} of {count} unreachable, trying the next: {err}",
+                        index + 1
+                    );
+                }
+                last_error = Some(err);
+            }
+        }
+    }
+    // Every node refused: the settings are wrong, not a node.
+    if refusals == count
+        && let Some(refused) = last_refusal
+    {
+        return Err(refused);
+    }
+    // The next attempt starts where this one did, after the backoff.
+    Err(last_error
+        .or(last_refusal)
+        .unwrap_or_else(|| AmqpError::Connect {
+            url: broker.shown(),
+            source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                lapin::ConnectionState::Closed,
+            )),
+        }))
+}
+
+async fn connect_node(
+    url: &str,
+    tls: &lapin::tcp::OwnedTLSConfig,
+    name: &str,
+) -> Result<Connection, AmqpError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties)
-        .await
-        .map_err(|source| match AmqpError::from(source) {
+    let connecting = async {
+        match url.parse::<lapin::uri::AMQPUri>() {
+            Ok(mut uri) => {
+                uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+                match lapin::runtime::default_runtime() {
+                    Ok(runtime) => {
+                        Connection::connect_uri_with_config(uri, properties, tls.clone(), runtime)
+                            .await
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            // lapin gives the parse error itself.
+            Err(_) => Connection::connect(url, properties).await,
+        }
+    };
+    let connecting = match tokio::time::timeout(CONNECT_LIMIT, connecting).await {
+        Ok(result) => result,
+        Err(_) => {
+            return Err(AmqpError::Connect {
+                url: crate::config::redact_url(url),
+                source: lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {CONNECT_LIMIT:?}"),
+                )),
+            });
+        }
+    };
+    connecting.map_err(|source| {
+        if let Some(reason) = crate::tls::is_certificate_error(&source) {
+            return AmqpError::Refused(Misconfigured {
+                setting: "AMQP_URL",
+                reason: format!("TLS: {reason} ({})", crate::tls::hint(&reason)),
+            });
+        }
+        match AmqpError::from(source) {
             AmqpError::Protocol(source) => AmqpError::Connect {
                 url: crate::config::redact_url(url),
                 source,
             },
             refused => refused,
-        })
+        }
+    })
 }
 
 /// Opens a channel in publisher-confirm mode.

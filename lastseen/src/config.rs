@@ -78,8 +78,45 @@ pub fn one_line_error(err: &clap::Error) -> String {
     line.replace(&format!("'{value}'"), &format!("'{shown}'"))
 }
 
+/// The URLs of a comma-separated list such as `AMQP_URL`'s. A comma splits the list only
+/// where another URL (`scheme://`) or nothing follows it, so a comma inside a URL (in a
+/// password) stays in that URL; an empty piece means a comma too many.
+pub fn split_urls(list: &str) -> Vec<&str> {
+    let starts_url = |rest: &str| {
+        let rest = rest.trim_start();
+        rest.is_empty()
+            || rest.starts_with(',')
+            || rest.split_once("://").is_some_and(|(scheme, _)| {
+                scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            })
+    };
+    let mut urls = Vec::new();
+    let mut start = 0;
+    for (at, _) in list.match_indices(',') {
+        if starts_url(&list[at + 1..]) {
+            urls.push(list[start..at].trim());
+            start = at + 1;
+        }
+    }
+    urls.push(list[start..].trim());
+    urls
+}
+
 /// `url` with the password of its user info replaced by `***`; anything else as it is.
+/// A list of URLs ([`split_urls`], `AMQP_URL` naming several nodes) is redacted URL by
+/// URL.
 pub fn redact_url(url: &str) -> String {
+    let urls = split_urls(url);
+    if urls.len() > 1 {
+        return urls
+            .into_iter()
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     match url.split_once("://") {
         Some((scheme, rest)) => {
             // The user info ends at the last `@` before the path.
@@ -192,7 +229,9 @@ pub struct DatabaseArgs {
 /// Where RabbitMQ is.
 #[derive(Debug, Clone, Args)]
 pub struct AmqpArgs {
-    /// RabbitMQ (AMQP 0-9-1) connection URL.
+    /// RabbitMQ (AMQP 0-9-1) connection URL, or the comma-separated URLs of the nodes of
+    /// one cluster: a process connects to the first that answers and, when that node is
+    /// lost, to the next.
     #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", value_parser = parse_amqp_url)]
     pub amqp_url: String,
 }
@@ -216,15 +255,51 @@ fn parse_log_filter(s: &str) -> Result<String, String> {
 }
 
 fn parse_database_url(s: &str) -> Result<String, String> {
-    sqlx::postgres::PgConnectOptions::from_str(s)
-        .map(|_| s.to_owned())
-        .map_err(|e| e.to_string())
+    sqlx::postgres::PgConnectOptions::from_str(s).map_err(|e| e.to_string())?;
+    // The certificate and key files the URL names must be there and hold what they
+    // should now, not be found wrong at every connection attempt.
+    if let Ok(url) = url::Url::parse(s) {
+        let param = |name: &str| {
+            url.query_pairs()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.into_owned())
+        };
+        if let Some(path) = param("sslrootcert") {
+            crate::pem::check_certificate_file(&path).map_err(|e| format!("sslrootcert: {e}"))?;
+        }
+        match (param("sslcert"), param("sslkey")) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                let read = |path: &str| {
+                    std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
+                };
+                crate::pem::check_pair(&read(&cert)?, &read(&key)?)
+                    .map_err(|e| format!("sslcert/sslkey: {e}"))?;
+            }
+            _ => return Err("sslcert and sslkey go together".into()),
+        }
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_amqp_url(s: &str) -> Result<String, String> {
-    lapin::uri::AMQPUri::from_str(s)
-        .map(|_| s.to_owned())
-        .map_err(|e| format!("not an amqp:// or amqps:// URL ({e})"))
+    let nodes = split_urls(s);
+    for (index, url) in nodes.iter().enumerate() {
+        let which = if nodes.len() > 1 {
+            format!("node {} of {}: ", index + 1, nodes.len())
+        } else {
+            String::new()
+        };
+        if url.is_empty() {
+            return Err(format!("{which}empty (a comma too many?)"));
+        }
+        lapin::uri::AMQPUri::from_str(url).map_err(|e| {
+            format!(
+                "{which}not an amqp:// or amqps:// URL ({e}; a comma in a password is written %2C)"
+            )
+        })?;
+    }
+    Ok(nodes.join(","))
 }
 
 /// Parses a duration given in milliseconds, refusing zero.
@@ -253,6 +328,33 @@ mod tests {
             "an @ after the host is not user info"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("amqp://u:a@n1:5672/%2f,amqps://u:b@n2/%2f"),
+            "amqp://u:***@n1:5672/%2f,amqps://u:***@n2/%2f",
+            "every node of a list"
+        );
+        assert_eq!(
+            redact_url("postgres://u:pa,ss@h/db"),
+            "postgres://u:***@h/db",
+            "a comma in a password is no list"
+        );
+        assert_eq!(
+            redact_url("amqp://u:p,w@n1/%2f, amqp://u:x,y@n2/%2f"),
+            "amqp://u:***@n1/%2f,amqp://u:***@n2/%2f"
+        );
+    }
+
+    #[test]
+    fn amqp_url_takes_a_list_of_nodes_and_names_the_bad_one() {
+        use super::parse_amqp_url;
+        assert_eq!(
+            parse_amqp_url("amqp://h1:5672/%2f, amqp://h2:5672/%2f").unwrap(),
+            "amqp://h1:5672/%2f,amqp://h2:5672/%2f"
+        );
+        let err = parse_amqp_url("amqp://h1/%2f,http://h2/").unwrap_err();
+        assert!(err.starts_with("node 2 of 2: not an amqp"), "{err}");
+        let err = parse_amqp_url("amqp://h1/%2f,").unwrap_err();
+        assert!(err.starts_with("node 2 of 2: empty"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,19 @@ pub mod metric {
     pub const DELIVERIES_RENEWED_TOTAL: &str = "lastseen_deliveries_renewed_total";
     /// Messages dead-lettered, by `reason`. Consumer.
     pub const DEAD_LETTERS_TOTAL: &str = "lastseen_dead_letters_total";
+    /// 1 while expiry is held because the pipeline lags (the watermark is further behind
+    /// than `EXPIRY_HOLD_ALERT_SECS`), else 0. Sweeper.
+    pub const EXPIRY_HELD: &str = "lastseen_expiry_held";
+    /// Ids a consumer held back from expiry while they wait in a retry queue. Consumer.
+    pub const EXPIRY_HOLDS_TOTAL: &str = "lastseen_expiry_holds_total";
+    /// How far the watermark (before it every accepted callback is settled) is behind
+    /// now; objects expire only when their deadline is before it. Sweeper.
+    pub const EXPIRY_WATERMARK_LAG_SECONDS: &str = "lastseen_expiry_watermark_lag_seconds";
+    /// Times expiry went on without waiting longer for work held past
+    /// `MAX_EXPIRY_HOLD_SECS`. Sweeper.
+    pub const EXPIRY_HOLD_BOUND_REACHED_TOTAL: &str = "lastseen_expiry_hold_bound_reached_total";
+    /// Producers and consumers the sweeper hears progress reports from. Sweeper.
+    pub const PROGRESS_REPORTERS: &str = "lastseen_progress_reporters";
     /// Time from an object's deadline to its expiry. Sweeper.
     pub const EXPIRY_LAG_SECONDS: &str = "lastseen_expiry_lag_seconds";
     /// Distinct ids of accepted callbacks. Producer.
@@ -32,6 +45,8 @@ pub mod metric {
     pub const NOTIFICATIONS_PENDING: &str = "lastseen_notifications_pending";
     /// Done outbox rows deleted by retention. Sweeper.
     pub const NOTIFICATIONS_PRUNED_TOTAL: &str = "lastseen_notifications_pruned_total";
+    /// Day partitions of `object_expiries` dropped past `HISTORY_RETENTION_DAYS`. Sweeper.
+    pub const HISTORY_PARTITIONS_DROPPED_TOTAL: &str = "lastseen_history_partitions_dropped_total";
     /// Outbox rows published with confirms. Sweeper.
     pub const NOTIFICATIONS_PUBLISHED_TOTAL: &str = "lastseen_notifications_published_total";
     /// Outbox rows written, by `routing_key`. Consumer and sweeper.

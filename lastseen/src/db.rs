@@ -11,6 +11,7 @@ use sqlx::{PgPool, Postgres};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseArgs, Misconfigured};
+use crate::tls::TlsArgs;
 
 /// The schema, embedded at build time from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -70,6 +71,12 @@ const REFUSALS: &[(&str, &str)] = &[
 
 impl From<sqlx::Error> for DbError {
     fn from(err: sqlx::Error) -> Self {
+        if let Some(reason) = tls_refusal(&err) {
+            return Self::Refused(Misconfigured {
+                setting: "DATABASE_URL",
+                reason,
+            });
+        }
         let refusal = err.as_database_error().and_then(|db| {
             let code = db.code()?;
             let (_, hint) = REFUSALS.iter().find(|(c, _)| *c == code)?;
@@ -86,19 +93,40 @@ impl From<sqlx::Error> for DbError {
     }
 }
 
+/// Why TLS to PostgreSQL cannot work with these settings, when `err` says so: a
+/// certificate not trusted (or not for this host), or a server without TLS while
+/// `sslmode` asks for it. A handshake cut by the network is an outage, not this.
+fn tls_refusal(err: &sqlx::Error) -> Option<String> {
+    let reason = match (crate::tls::is_certificate_error(err), err) {
+        (Some(reason), _) => reason,
+        (None, sqlx::Error::Tls(inner)) if inner.to_string().contains("not support TLS") => {
+            inner.to_string()
+        }
+        _ => return None,
+    };
+    let hint = if reason.contains("alert") {
+        crate::tls::hint(&reason)
+    } else {
+        "check sslmode and sslrootcert in DATABASE_URL, or TLS_CA_FILE"
+    };
+    Some(format!("TLS: {reason} ({hint})"))
+}
+
 /// Connects a pool to a database that exists and is migrated, retrying with backoff
 /// while PostgreSQL is unreachable, until `cancel` fires. A schema history that does not
 /// match this build's migrations ([`DbError::is_fatal`]) is returned at once.
 pub async fn connect_and_migrate(
     args: &DatabaseArgs,
+    tls: &TlsArgs,
     cancel: &CancellationToken,
 ) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(&args.database_url).map_err(DbError::Url)?;
+    let url = tls.postgres_url(&args.database_url);
+    let options = PgConnectOptions::from_str(&url).map_err(DbError::Url)?;
     let prepare = || async {
-        if !Postgres::database_exists(&args.database_url).await? {
+        if !Postgres::database_exists(&url).await? {
             // Two processes may race here; losing the race is fine.
-            if let Err(err) = Postgres::create_database(&args.database_url).await
-                && !Postgres::database_exists(&args.database_url).await?
+            if let Err(err) = Postgres::create_database(&url).await
+                && !Postgres::database_exists(&url).await?
             {
                 return Err(err.into());
             }

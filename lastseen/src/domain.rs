@@ -120,6 +120,27 @@ pub struct DigestNotification {
     pub expired_at: DateTime<Utc>,
 }
 
+/// The body of a `pipeline.lagging` notification: expiry is held because the pipeline
+/// lags behind (`started`), or is current again (`ended`). Silence is not judged while
+/// it is held: objects whose deadline passed wait for the work that may name them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaggingNotification {
+    pub event: String,
+    /// `started` or `ended`.
+    pub state: String,
+    /// The watermark: every callback accepted before it is settled.
+    pub watermark: DateTime<Utc>,
+    /// How far it was behind, in seconds.
+    pub lag_secs: f64,
+    /// What held it, as the sweeper saw it.
+    pub reason: String,
+    /// True when it has been held for `MAX_EXPIRY_HOLD_SECS`: expiry goes on regardless.
+    pub bound_reached: bool,
+    /// When the hold started (on `ended`: how long it lasted is `at - since`).
+    pub since: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,10 +9,13 @@ pub mod db;
 pub mod domain;
 pub mod limits;
 pub mod ops;
+pub mod pem;
+pub mod progress;
 pub mod session;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 
 pub use domain::{CheckMessage, ObjectId};

@@ -95,6 +95,9 @@ pub struct Dependency {
     pub name: &'static str,
     /// `None` when it answers, else why not.
     pub problem: Option<String>,
+    /// Shown instead of `ok` when there is no problem (a state worth telling that does
+    /// not make the process unready).
+    pub detail: Option<String>,
 }
 
 impl Dependency {
@@ -102,6 +105,16 @@ impl Dependency {
         Self {
             name,
             problem: None,
+            detail: None,
+        }
+    }
+
+    /// Ready, with something to tell.
+    pub fn telling(name: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            name,
+            problem: None,
+            detail: Some(detail.into()),
         }
     }
 
@@ -109,9 +122,13 @@ impl Dependency {
         Self {
             name,
             problem: Some(problem.into()),
+            detail: None,
         }
     }
 }
+
+/// A part of `/readyz` a worker adds (see [`WorkerOps::tell`]).
+pub type Telling = Arc<dyn Fn() -> Dependency + Send + Sync>;
 
 /// Asks the process's dependencies, now.
 pub type ReadinessProbe = Arc<dyn Fn() -> BoxFuture<'static, Vec<Dependency>> + Send + Sync>;
@@ -179,9 +196,10 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     let dependencies = (state.probe)().await;
     let mut checks = Map::new();
     for dependency in &dependencies {
-        let value = match &dependency.problem {
-            None => Value::from("ok"),
-            Some(problem) => Value::from(problem.as_str()),
+        let value = match (&dependency.problem, &dependency.detail) {
+            (Some(problem), _) => Value::from(problem.as_str()),
+            (None, Some(detail)) => Value::from(detail.as_str()),
+            (None, None) => Value::from("ok"),
         };
         checks.insert(dependency.name.to_owned(), value);
     }
@@ -261,6 +279,7 @@ pub struct WorkerOps {
     running: RunningOps,
     database: Arc<OnceLock<PgPool>>,
     rabbitmq_up: Arc<AtomicBool>,
+    telling: Arc<OnceLock<Telling>>,
 }
 
 impl WorkerOps {
@@ -269,17 +288,22 @@ impl WorkerOps {
     pub async fn serve(addr: SocketAddr, rabbitmq_down: &'static str) -> Result<Self, OpsError> {
         let database = Arc::new(OnceLock::new());
         let rabbitmq_up = Arc::new(AtomicBool::new(false));
+        let telling: Arc<OnceLock<Telling>> = Arc::new(OnceLock::new());
         let probe: ReadinessProbe = {
-            let (database, rabbitmq_up) = (database.clone(), rabbitmq_up.clone());
+            let (database, rabbitmq_up, telling) =
+                (database.clone(), rabbitmq_up.clone(), telling.clone());
             Arc::new(move || {
-                let (database, rabbitmq_up) = (database.clone(), rabbitmq_up.clone());
+                let (database, rabbitmq_up, telling) =
+                    (database.clone(), rabbitmq_up.clone(), telling.clone());
                 Box::pin(async move {
                     let rabbitmq = if rabbitmq_up.load(Ordering::Relaxed) {
                         Dependency::ok("rabbitmq")
                     } else {
                         Dependency::failing("rabbitmq", rabbitmq_down)
                     };
-                    vec![postgres_once_connected(&database).await, rabbitmq]
+                    let mut parts = vec![postgres_once_connected(&database).await, rabbitmq];
+                    parts.extend(telling.get().map(|tell| tell()));
+                    parts
                 })
             })
         };
@@ -288,7 +312,13 @@ impl WorkerOps {
             running,
             database,
             rabbitmq_up,
+            telling,
         })
+    }
+
+    /// Adds a part to `/readyz` (once; a second call is ignored).
+    pub fn tell(&self, telling: Telling) {
+        let _ = self.telling.set(telling);
     }
 
     /// Connects to PostgreSQL and migrates, retrying an outage; `None` when `shutdown`
@@ -296,9 +326,10 @@ impl WorkerOps {
     pub async fn connect_database(
         &self,
         args: &crate::config::DatabaseArgs,
+        tls: &crate::tls::TlsArgs,
         shutdown: &CancellationToken,
     ) -> Result<Option<PgPool>, crate::db::DbError> {
-        match crate::db::connect_and_migrate(args, shutdown).await {
+        match crate::db::connect_and_migrate(args, tls, shutdown).await {
             Ok(pool) => {
                 let _ = self.database.set(pool.clone());
                 Ok(Some(pool))

@@ -14,7 +14,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::{self, AmqpError};
+use crate::amqp::{self, AmqpError, Broker};
 use crate::backoff::Retries;
 use crate::topology::Topology;
 
@@ -36,9 +36,9 @@ pub struct Session {
 impl Session {
     /// Connects as `name` (shown in the management UI) and declares `topology`. One
     /// attempt; a refusal of the settings is [`AmqpError::Refused`].
-    pub async fn open(url: &str, name: &str, topology: &Topology) -> Result<Self, AmqpError> {
+    pub async fn open(broker: &Broker, name: &str, topology: &Topology) -> Result<Self, AmqpError> {
         let session = Self {
-            connection: amqp::connect(url, name).await?,
+            connection: amqp::connect(broker, name).await?,
             opened: Instant::now(),
         };
         session.declare(topology).await?;
@@ -64,6 +64,11 @@ impl Session {
         amqp::confirm_channel(&self.connection).await
     }
 
+    /// The heartbeat agreed with the broker, in seconds (0: none).
+    pub fn heartbeat(&self) -> u16 {
+        self.connection.configuration().heartbeat()
+    }
+
     /// True while the connection is up.
     pub fn is_usable(&self) -> bool {
         self.connection.status().connected()
@@ -79,7 +84,7 @@ impl Session {
 
 /// Keeps one usable [`Session`] for a process.
 pub struct SessionKeeper {
-    url: String,
+    broker: Broker,
     name: String,
     topology: Topology,
     current: watch::Sender<Option<Arc<Session>>>,
@@ -90,10 +95,10 @@ pub struct SessionKeeper {
 }
 
 impl SessionKeeper {
-    /// A keeper for connections named `name` to `url`; nothing connects before [`Self::run`].
-    pub fn new(url: &str, name: &str, topology: Topology) -> Arc<Self> {
+    /// A keeper for connections named `name` to `broker`; nothing connects before [`Self::run`].
+    pub fn new(broker: Broker, name: &str, topology: Topology) -> Arc<Self> {
         Arc::new(Self {
-            url: url.to_owned(),
+            broker,
             name: name.to_owned(),
             topology,
             current: watch::Sender::new(None),
@@ -128,7 +133,7 @@ impl SessionKeeper {
                     break;
                 }
             }
-            match Session::open(&self.url, &self.name, &self.topology).await {
+            match Session::open(&self.broker, &self.name, &self.topology).await {
                 Ok(session) => {
                     tracing::info!(name = %self.name, "connected to RabbitMQ");
                     last_opened = Some(session.opened);

@@ -4,9 +4,19 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogArgs;
 
+/// lapin warns of every message RabbitMQ returns unroutable; the code handles each one
+/// itself (a publish that fails, a probe of a queue that is gone), so that warning is
+/// off unless `RUST_LOG` names lapin.
+const RETURNED_QUIET: &str = "lapin::returned_messages=error";
+
 /// Installs the global subscriber; logs go to stderr.
 pub fn init(args: &LogArgs) {
-    let filter = EnvFilter::try_new(&args.rust_log).unwrap_or_else(|err| {
+    let directives = if args.rust_log.contains("lapin") {
+        args.rust_log.clone()
+    } else {
+        format!("{},{RETURNED_QUIET}", args.rust_log)
+    };
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|err| {
         eprintln!("invalid configuration: RUST_LOG: {err}; using \"info\"");
         EnvFilter::new("info")
     });

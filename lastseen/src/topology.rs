@@ -9,6 +9,9 @@
 //!
 //! notifications (topic) --#--> {prefix}.notifications (quorum, the latest
 //!                                NOTIFICATIONS_QUEUE_MAX_LENGTH)
+//!
+//! producers, consumers --report--> {prefix}.progress (fanout) --> one exclusive,
+//!                                  transient queue per sweeper
 //! ```
 
 use std::time::Duration;
@@ -30,6 +33,10 @@ pub const EXPIRED_ROUTING_KEY: &str = "object.expired";
 
 /// Routing key of an object coming online: first seen, or back after it expired.
 pub const ONLINE_ROUTING_KEY: &str = "object.online";
+
+/// Routing key of the notification that expiry is held because the pipeline lags behind
+/// (`state` `started`), and that it is current again (`ended`).
+pub const LAGGING_ROUTING_KEY: &str = "pipeline.lagging";
 
 /// Routing key of the digest of one expiry transaction (counts, and ids up to a cap).
 pub const DIGEST_ROUTING_KEY: &str = "digest";
@@ -57,6 +64,13 @@ pub struct TopologyArgs {
     /// declared.
     #[arg(long, env = "NOTIFICATIONS_QUEUE_MAX_LENGTH", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(0..=100_000_000))]
     pub notifications_queue_max_length: u32,
+
+    /// Replicas of each quorum queue when it is first declared
+    /// (`x-quorum-initial-group-size`). Unset: RabbitMQ's default, a replica on every
+    /// node of the cluster (3 on a 3-node cluster, 1 on a single node). A queue keeps the
+    /// replicas it was created with; `rabbitmq-queues grow`/`shrink` change them later.
+    #[arg(long, env = "QUORUM_REPLICAS", value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub quorum_replicas: Option<u32>,
 }
 
 fn parse_prefix(s: &str) -> Result<String, String> {
@@ -81,9 +95,12 @@ pub struct Topology {
     pub dead_letter_queue: String,
     pub notifications_exchange: String,
     pub notifications_queue: String,
+    /// Where producers and consumers publish their progress reports, for every sweeper.
+    pub progress_exchange: String,
     prefix: String,
     delivery_limit: u32,
     notifications_queue_max_length: u32,
+    quorum_replicas: Option<u32>,
 }
 
 impl Topology {
@@ -96,9 +113,11 @@ impl Topology {
             dead_letter_queue: format!("{p}.checks.dead"),
             notifications_exchange: args.notifications_exchange.clone(),
             notifications_queue: format!("{p}.notifications"),
+            progress_exchange: format!("{p}.progress"),
             prefix: p.clone(),
             delivery_limit: args.delivery_limit,
             notifications_queue_max_length: args.notifications_queue_max_length,
+            quorum_replicas: args.quorum_replicas,
         }
     }
 
@@ -113,8 +132,9 @@ impl Topology {
         declare_exchange(channel, &self.callbacks_exchange, ExchangeKind::Direct).await?;
         declare_exchange(channel, &self.dead_letter_exchange, ExchangeKind::Fanout).await?;
         declare_exchange(channel, &self.notifications_exchange, ExchangeKind::Topic).await?;
+        declare_exchange(channel, &self.progress_exchange, ExchangeKind::Fanout).await?;
 
-        let mut checks = quorum_args();
+        let mut checks = self.quorum_args();
         checks.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongInt(i32::try_from(self.delivery_limit).unwrap_or(i32::MAX)),
@@ -132,7 +152,7 @@ impl Topology {
         declare_queue(
             channel,
             &self.dead_letter_queue,
-            quorum_args(),
+            self.quorum_args(),
             "TOPOLOGY_PREFIX",
         )
         .await?;
@@ -145,7 +165,7 @@ impl Topology {
         .await?;
 
         if self.notifications_queue_max_length > 0 {
-            let mut notifications = quorum_args();
+            let mut notifications = self.quorum_args();
             notifications.insert(
                 "x-max-length".into(),
                 AMQPValue::LongLongInt(i64::from(self.notifications_queue_max_length)),
@@ -169,6 +189,40 @@ impl Topology {
         Ok(())
     }
 
+    /// The name of a consumer's alive queue `tag` (see `progress::Reporter::alive_queue`).
+    pub fn alive_queue(&self, tag: &str) -> String {
+        format!("{}.alive.{tag}", self.prefix)
+    }
+
+    /// Declares a queue of the caller's own, named by the broker, gone with its
+    /// connection, that receives every progress report; returns its name.
+    pub async fn declare_progress_queue(&self, channel: &Channel) -> Result<String, AmqpError> {
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare(ShortString::from(""), options, no_args())
+            .await?;
+        let name = queue.name().as_str().to_owned();
+        bind(channel, &name, &self.progress_exchange, "").await?;
+        Ok(name)
+    }
+
+    /// The arguments every quorum queue of the topology starts from.
+    fn quorum_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), long_string("quorum"));
+        if let Some(replicas) = self.quorum_replicas {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongInt(i32::try_from(replicas).unwrap_or(i32::MAX)),
+            );
+        }
+        args
+    }
+
     /// Declares the retry queue for `delay`: messages wait there for `delay`, then are
     /// dead-lettered back to the callbacks exchange and so to the work queue.
     pub async fn declare_retry_queue(
@@ -177,7 +231,7 @@ impl Topology {
         delay: Duration,
     ) -> Result<String, AmqpError> {
         let name = self.retry_queue(delay);
-        let mut args = quorum_args();
+        let mut args = self.quorum_args();
         args.insert(
             "x-message-ttl".into(),
             AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
@@ -186,12 +240,6 @@ impl Topology {
         declare_queue(channel, &name, args, "RETRY_BASE_MS").await?;
         Ok(name)
     }
-}
-
-fn quorum_args() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), long_string("quorum"));
-    args
 }
 
 /// At-least-once dead-lettering, which RabbitMQ 3.10 only allows with `reject-publish`.
@@ -253,7 +301,7 @@ async fn declare_queue(
                 Err(AmqpError::Refused(Misconfigured {
                     setting,
                     reason: format!(
-                        "queue {name:?} already exists with other arguments than these settings give it ({setting}, TOPOLOGY_PREFIX): {}. Keep the settings it was created with, or delete the queue (its messages with it: rabbitmqctl delete_queue {name}) and restart",
+                        "queue {name:?} already exists with other arguments than these settings give it ({setting}, QUORUM_REPLICAS, TOPOLOGY_PREFIX): {}. Keep the settings it was created with, or delete the queue (its messages with it: rabbitmqctl delete_queue {name}) and restart",
                         amqp.get_message()
                     ),
                 }))

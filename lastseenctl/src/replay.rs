@@ -10,6 +10,7 @@ use lapin::types::AMQPValue;
 use lastseen::CheckMessage;
 use lastseen::amqp;
 use lastseen::config::AmqpArgs;
+use lastseen::tls::TlsArgs;
 use lastseen::topology::{CHECK_ROUTING_KEY, Topology, TopologyArgs};
 
 /// Settings of `lastseenctl replay-dead-letters`.
@@ -22,6 +23,9 @@ pub struct ReplayArgs {
 
     #[command(flatten)]
     pub amqp: AmqpArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     #[command(flatten)]
     pub topology: TopologyArgs,
@@ -58,8 +62,13 @@ impl std::fmt::Display for Replayed {
 
 /// Moves dead letters back to work; returns what it moved.
 pub async fn run(args: ReplayArgs) -> anyhow::Result<Replayed> {
+    args.tls.check()?;
     let topology = Topology::new(&args.topology);
-    let connection = amqp::connect(&args.amqp.amqp_url, "replay-dead-letters").await?;
+    let connection = amqp::connect(
+        &amqp::Broker::new(&args.amqp.amqp_url, &args.tls),
+        "replay-dead-letters",
+    )
+    .await?;
     let channel = amqp::confirm_channel(&connection).await?;
     topology.declare(&channel).await?;
     let waiting = amqp::queue_counts(&channel, &topology.dead_letter_queue)

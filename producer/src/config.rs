@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use clap::Parser;
 use lastseen::config::{AmqpArgs, LogArgs, parse_positive_millis};
+use lastseen::tls::TlsArgs;
 use lastseen::topology::TopologyArgs;
 
 /// Accepts callbacks of object ids and publishes them durably to RabbitMQ.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "producer", version, args_override_self = true)]
 pub struct Config {
-    /// Address the callback endpoint listens on.
-    #[arg(long, env = "CALLBACK_ADDR", default_value = "0.0.0.0:9090")]
+    /// Address the callback endpoint (and the producer's /metrics, /healthz, /readyz)
+    /// listens on: loopback by default; `0.0.0.0:9090` for every interface.
+    #[arg(long, env = "CALLBACK_ADDR", default_value = "127.0.0.1:9090")]
     pub callback_addr: SocketAddr,
 
     /// Largest accepted callback body in bytes; larger ones get 413. The default admits
@@ -75,8 +77,22 @@ pub struct Config {
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_millis)]
     pub header_read_timeout_ms: Duration,
 
+    /// API keys a callback must bring (`Authorization: Bearer <key>`), comma-separated,
+    /// each at least 16 characters. Unset (and no CALLBACK_API_KEYS_FILE): callbacks need
+    /// no key. Several keys let one be rotated.
+    #[arg(long, env = "CALLBACK_API_KEYS", hide_env_values = true)]
+    pub callback_api_keys: Option<String>,
+
+    /// A file of API keys, one a line (`#` starts a comment), taken with
+    /// CALLBACK_API_KEYS; read at start.
+    #[arg(long, env = "CALLBACK_API_KEYS_FILE")]
+    pub callback_api_keys_file: Option<String>,
+
     #[command(flatten)]
     pub amqp: AmqpArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     #[command(flatten)]
     pub topology: TopologyArgs,

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use lastseen::amqp::Broker;
+use lastseen::progress::{Reporter, Role, Unsettled};
 use lastseen::session::SessionKeeper;
 use lastseen::topology::Topology;
 use tokio::net::TcpListener;
@@ -28,6 +30,8 @@ pub struct Application {
     keeper: tokio::task::JoinHandle<Result<(), lastseen::amqp::AmqpError>>,
     drain: tokio::task::JoinHandle<()>,
     keeper_stop: CancellationToken,
+    reporting: tokio::task::JoinHandle<()>,
+    reporting_stop: CancellationToken,
     header_read_timeout: Duration,
     max_connections: usize,
 }
@@ -46,6 +50,20 @@ impl Application {
             }
             .into());
         }
+        config.tls.check()?;
+        let keys = http::ApiKeys::new(
+            config.callback_api_keys.as_deref(),
+            config.callback_api_keys_file.as_deref(),
+        )?;
+        tracing::info!(
+            api_keys = keys.required(),
+            "{}",
+            if keys.required() {
+                "callbacks need an API key"
+            } else {
+                "callbacks need no API key"
+            }
+        );
         // Installed before anything is counted; served at /metrics.
         lastseen::ops::metrics_handle();
         let spool = Arc::new(Spool::open(&config.spool_path, config.spool_max_ids)?);
@@ -59,11 +77,18 @@ impl Application {
             Err(_) => "producer".to_owned(),
         };
         let topology = Topology::new(&config.topology);
-        let session = SessionKeeper::new(&config.amqp.amqp_url, &name, topology.clone());
-        let publisher =
-            CallbackPublisher::new(session.clone(), topology, config.publish_channels as usize);
+        let session = SessionKeeper::new(
+            Broker::new(&config.amqp.amqp_url, &config.tls),
+            &name,
+            topology.clone(),
+        );
+        let publisher = CallbackPublisher::new(
+            session.clone(),
+            topology.clone(),
+            config.publish_channels as usize,
+        );
         let keeper_stop = CancellationToken::new();
-        let keeper = tokio::spawn(session.run(keeper_stop.clone()));
+        let keeper = tokio::spawn(session.clone().run(keeper_stop.clone()));
         // Give the first connection a moment, so the first callbacks find it ready.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while !publisher.is_connected()
@@ -75,6 +100,24 @@ impl Application {
         if !publisher.is_connected() {
             tracing::warn!("RabbitMQ is not reachable yet; callbacks go to the spool until it is");
         }
+        // Callbacks in hand (being published or spooled) and the spool's, reported for
+        // the sweepers' watermark.
+        let in_hand = Unsettled::default();
+        let reporter = Reporter::new(
+            Reporter::producer_name(&config.spool_path),
+            Role::Producer,
+            vec![in_hand.clone(), spool.accepted()],
+        );
+        // Known to the sweepers before it takes a callback, when RabbitMQ is there.
+        if let Some(current) = session.current() {
+            reporter.announce(&current, &topology).await;
+        }
+        let reporting_stop = CancellationToken::new();
+        let reporting = tokio::spawn(reporter.clone().run(
+            session.clone(),
+            topology.clone(),
+            reporting_stop.clone(),
+        ));
         let drain = tokio::spawn(drain_spool(
             spool.clone(),
             publisher.clone(),
@@ -84,6 +127,7 @@ impl Application {
             AppState {
                 publisher: publisher.clone(),
                 spool: spool.clone(),
+                in_hand,
                 ids_per_message: config.ids_per_message as usize,
                 publish_timeout: config.publish_timeout_ms,
                 max_body_bytes: config.max_body_bytes,
@@ -91,6 +135,7 @@ impl Application {
                 max_ttl_secs: config.max_ttl_secs,
                 max_body_bytes_in_flight: config.max_body_bytes_in_flight,
             },
+            keys,
             config.request_body_timeout_ms,
         );
         Ok(Self {
@@ -101,6 +146,8 @@ impl Application {
             keeper,
             drain,
             keeper_stop,
+            reporting,
+            reporting_stop,
             header_read_timeout: config.header_read_timeout_ms,
             max_connections: config.max_connections as usize,
         })
@@ -153,8 +200,11 @@ impl Application {
             Some(ended) => ended,
             None => keeper.await,
         };
-        self.publisher.close().await;
         self.spool.close().await;
+        // Its last report: leaving, if the spool is empty.
+        self.reporting_stop.cancel();
+        let _ = self.reporting.await;
+        self.publisher.close().await;
         tracing::info!(
             spooled_callbacks_left = self.spool.pending_callbacks(),
             "producer stopped"

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lastseen::config::{AmqpArgs, DatabaseArgs, LogArgs, parse_positive_millis};
+use lastseen::tls::TlsArgs;
 use lastseen::topology::TopologyArgs;
 
 /// Expires objects at their deadline (`expires_at`, set by the consumer from the
@@ -21,6 +22,18 @@ pub struct Config {
     #[arg(long, env = "SWEEP_BATCH", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub sweep_batch: u32,
 
+    /// Longest expiry waits for work the pipeline holds (seconds): a producer whose spool
+    /// is on a dead host, a backlog that never drains, an id retried this long. After
+    /// it, expiry goes on (logged, counted, and in the `pipeline.lagging` notification).
+    #[arg(long, env = "MAX_EXPIRY_HOLD_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub max_expiry_hold_secs: u64,
+
+    /// How far the watermark may fall behind now (seconds) before expiry counts as held:
+    /// the `lastseen_expiry_held` gauge and a `pipeline.lagging` notification when it
+    /// starts and ends. It trails by the status delay when the pipeline is current.
+    #[arg(long, env = "EXPIRY_HOLD_ALERT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub expiry_hold_alert_secs: u64,
+
     /// Most notifications published per relay round.
     #[arg(long, env = "RELAY_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub relay_batch: u32,
@@ -29,6 +42,12 @@ pub struct Config {
     /// delivered or given up by the webhook); older ones are deleted (seconds, at least 60).
     #[arg(long, env = "NOTIFICATION_RETENTION_SECS", default_value_t = 604_800, value_parser = clap::value_parser!(u64).range(60..=3_153_600_000))]
     pub notification_retention_secs: u64,
+
+    /// Days of expiry history (`object_expiries`, and so `object_history`) kept: each
+    /// day is a partition, dropped whole once every expiry in it is older than this.
+    /// Unset: kept forever (as before history was partitioned).
+    #[arg(long, env = "HISTORY_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub history_retention_days: Option<u32>,
 
     /// Also deliver every notification to this URL (POST, JSON, signed); unset: off.
     #[arg(long, env = "NOTIFY_WEBHOOK_URL", hide_env_values = true, requires = "notify_webhook_secret", value_parser = parse_webhook_url)]
@@ -54,7 +73,7 @@ pub struct Config {
 
     /// Where `/metrics` (Prometheus), `/healthz` and `/readyz` are served; port 0 picks
     /// a free one (logged).
-    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9102")]
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9102")]
     pub metrics_addr: SocketAddr,
 
     #[command(flatten)]
@@ -62,6 +81,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub amqp: AmqpArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     #[command(flatten)]
     pub topology: TopologyArgs,

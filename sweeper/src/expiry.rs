@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lastseen::domain::{DigestNotification, ExpiredNotification};
+use lastseen::progress::REPORT_EVERY;
 use lastseen::store::{notifications, objects};
 use lastseen::topology::{DIGEST_ROUTING_KEY, EXPIRED_ROUTING_KEY};
 use sqlx::PgPool;
+
+use crate::watermark::Watermark;
 
 /// Shortest pause between sweeps, so rows another sweeper holds cannot cause a hot loop.
 pub const MIN_PAUSE: Duration = Duration::from_millis(20);
@@ -17,14 +20,25 @@ pub const MIN_PAUSE: Duration = Duration::from_millis(20);
 /// Most ids a digest lists; the count covers them all.
 pub const DIGEST_MAX_IDS: usize = 1_000;
 
-/// Expires every object due, in transactions of at most `batch` objects, each stamped
+/// Expires every object due (its deadline before the watermark, and not held by an id
+/// waiting in a retry queue), in transactions of at most `batch` objects, each stamped
 /// with its own time. Returns how many were expired.
-pub async fn sweep(pool: &PgPool, batch: u32) -> sqlx::Result<u64> {
+pub async fn sweep(
+    pool: &PgPool,
+    batch: u32,
+    watermark: &Watermark,
+    max_hold: Duration,
+) -> sqlx::Result<u64> {
     let mut total = 0;
     loop {
         let now = Utc::now();
+        let due = objects::Due {
+            now,
+            before: watermark.judgement().before,
+            holds_from: now - chrono::Duration::from_std(max_hold).unwrap_or(chrono::Duration::MAX),
+        };
         let mut tx = pool.begin().await?;
-        let expired = objects::expire_due(&mut tx, now, i64::from(batch)).await?;
+        let expired = objects::expire_due(&mut tx, due, i64::from(batch)).await?;
         if expired.is_empty() {
             tx.commit().await?;
             return Ok(total);
@@ -53,7 +67,7 @@ pub async fn sweep(pool: &PgPool, batch: u32) -> sqlx::Result<u64> {
             expired_at: now,
         };
         let digest = serde_json::to_value(digest).expect("a digest always serializes");
-        notifications::record_digest(&mut tx, DIGEST_ROUTING_KEY, &digest).await?;
+        notifications::record_event(&mut tx, DIGEST_ROUTING_KEY, &digest).await?;
         tx.commit().await?;
         record_expiry_metrics(&expired, Utc::now());
         total += expired.len() as u64;
@@ -78,12 +92,23 @@ fn record_expiry_metrics(expired: &[objects::Expired], committed: DateTime<Utc>)
         .increment(1);
 }
 
-/// How long to sleep before the next sweep: until the earliest deadline, but no longer
-/// than `interval` and no shorter than [`MIN_PAUSE`].
-pub async fn pause_before_next(pool: &PgPool, interval: Duration) -> sqlx::Result<Duration> {
-    let Some(deadline) = objects::next_deadline(pool).await? else {
+/// How long to sleep before the next sweep: until the watermark (`before`) reaches the
+/// earliest deadline not yet due, but no longer than `interval` and no shorter than
+/// [`MIN_PAUSE`]; or, when that deadline has passed and only the watermark is awaited,
+/// no shorter than the watermark's step ([`REPORT_EVERY`]).
+pub async fn pause_before_next(
+    pool: &PgPool,
+    interval: Duration,
+    before: DateTime<Utc>,
+) -> sqlx::Result<Duration> {
+    let Some(deadline) = objects::next_deadline(pool, before).await? else {
         return Ok(interval);
     };
-    let until = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    Ok(until.clamp(MIN_PAUSE, interval.max(MIN_PAUSE)))
+    let shortest = if deadline <= Utc::now() {
+        REPORT_EVERY.min(interval)
+    } else {
+        MIN_PAUSE
+    };
+    let until = (deadline - before).to_std().unwrap_or(Duration::ZERO);
+    Ok(until.clamp(shortest, interval.max(shortest)))
 }

@@ -3,9 +3,11 @@
 
 mod config;
 mod expiry;
+mod lagging;
 mod relay;
 mod retention;
 mod startup;
+mod watermark;
 pub mod webhook;
 
 pub use config::Config;

@@ -154,16 +154,11 @@ impl Relay {
         Ok(ids.len() as u64)
     }
 
-    /// True when the relay holds a live connection to RabbitMQ.
-    pub fn is_connected(&self) -> bool {
-        self.sessions.current().is_some()
-    }
-
-    /// Closes its channel and the session.
+    /// Closes its channel; the session is closed by its owner once every user of it
+    /// stopped (closing it under another task's channel makes lapin log an error).
     pub async fn close(&mut self) {
         if let Some((_, channel)) = self.channel.take() {
             let _ = channel.close(200, "sweeper shutting down".into()).await;
         }
-        self.sessions.close("sweeper shutting down").await;
     }
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
+use lastseen::amqp::Broker;
 use lastseen::ops::WorkerOps;
 use lastseen::session::SessionKeeper;
 use lastseen::store::notifications;
@@ -16,8 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::expiry;
+use crate::lagging::Announcer;
 use crate::relay::Relay;
 use crate::retention;
+use crate::watermark::Watermark;
 use crate::webhook::{self, WebhookSettings};
 
 /// Pause after a failed round, so an outage is retried without spinning.
@@ -48,16 +52,25 @@ impl Application {
         let config = self.config;
         // Cancelled by the signal, or by the relay when no retry can fix its error.
         let shutdown = shutdown.child_token();
+        config.tls.check()?;
+        let webhook = webhook_settings(&config)?;
         let ops = WorkerOps::serve(
             config.metrics_addr,
             "the notification relay is not connected",
         )
         .await?;
-        let Some(pool) = ops.connect_database(&config.database, &shutdown).await? else {
+        let Some(pool) = ops
+            .connect_database(&config.database, &config.tls, &shutdown)
+            .await?
+        else {
             return Ok(());
         };
         let topology = Topology::new(&config.topology);
-        let sessions = SessionKeeper::new(&config.amqp.amqp_url, "sweeper", topology.clone());
+        let sessions = SessionKeeper::new(
+            Broker::new(&config.amqp.amqp_url, &config.tls),
+            "sweeper",
+            topology.clone(),
+        );
         // An error no retry can fix (refused credentials) stops the sweeper like a signal.
         let keeper = tokio::spawn({
             let (sessions, shutdown) = (sessions.clone(), shutdown.clone());
@@ -69,8 +82,25 @@ impl Application {
                 kept
             }
         });
+        let max_hold = Duration::from_secs(config.max_expiry_hold_secs);
+        let watermark = Watermark::new(max_hold);
+        ops.tell({
+            let watermark = watermark.clone();
+            let alert_after = config.expiry_hold_alert_secs as f64;
+            Arc::new(move || watermark.readiness(alert_after))
+        });
+        // Who was heard before this start holds expiry too, until heard again or gone.
+        watermark.recall(&pool).await;
+        let remember_task =
+            tokio::spawn(watermark.clone().remember(pool.clone(), shutdown.clone()));
+        let watermark_task = tokio::spawn(watermark.clone().follow(
+            sessions.clone(),
+            topology.clone(),
+            shutdown.clone(),
+        ));
+        let mut announcer = Announcer::new(Duration::from_secs(config.expiry_hold_alert_secs));
         let relay = Relay::new(
-            sessions,
+            sessions.clone(),
             topology,
             config.relay_batch,
             config.notify_webhook_url.is_some(),
@@ -82,20 +112,33 @@ impl Application {
             relay,
             pool.clone(),
             expired.clone(),
+            shutdown.clone(),
+        ));
+        let readiness_task = tokio::spawn(follow_session(
+            sessions.clone(),
             ops.rabbitmq_up(),
             shutdown.clone(),
         ));
-        let webhook_task = webhook_settings(&config)
+        let webhook_task = webhook
             .map(|settings| tokio::spawn(webhook::run(settings, pool.clone(), shutdown.clone())));
         let retention_task = tokio::spawn(retention::run(
             pool.clone(),
-            Duration::from_secs(config.notification_retention_secs),
+            retention::Retention {
+                notifications: Duration::from_secs(config.notification_retention_secs),
+                history: config
+                    .history_retention_days
+                    .map(|days| Duration::from_secs(u64::from(days) * 86_400)),
+                max_hold,
+            },
             shutdown.clone(),
         ));
         tracing::info!("sweeper running");
         while !shutdown.is_cancelled() {
             let mut failed = false;
-            match expiry::sweep(&pool, config.sweep_batch).await {
+            if let Err(err) = announcer.update(&pool, &watermark.judgement()).await {
+                tracing::warn!(error = %err, "cannot record whether expiry is held; will retry");
+            }
+            match expiry::sweep(&pool, config.sweep_batch, &watermark, max_hold).await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(expired = n, "objects expired");
@@ -109,12 +152,16 @@ impl Application {
             let pause = if failed {
                 ERROR_PAUSE
             } else {
-                expiry::pause_before_next(&pool, config.sweep_interval_ms)
-                    .await
-                    .unwrap_or_else(|err| {
-                        tracing::warn!(error = %err, "cannot read the next deadline");
-                        ERROR_PAUSE
-                    })
+                expiry::pause_before_next(
+                    &pool,
+                    config.sweep_interval_ms,
+                    watermark.judgement().before,
+                )
+                .await
+                .unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "cannot read the next deadline");
+                    ERROR_PAUSE
+                })
             };
             tracing::trace!(?pause, "sleeping until the next sweep");
             tokio::select! {
@@ -123,25 +170,42 @@ impl Application {
             }
         }
         let _ = relay_task.await;
+        let _ = readiness_task.await;
+        let _ = watermark_task.await;
+        let _ = remember_task.await;
         let _ = retention_task.await;
         if let Some(task) = webhook_task {
             let _ = task.await;
         }
+        // The keeper has stopped (it opens no session after this), and every channel on
+        // the session is closed by now.
+        let kept = keeper.await;
+        sessions.close("sweeper shutting down").await;
         ops.stop().await;
         pool.close().await;
         tracing::info!("sweeper stopped");
-        match keeper.await {
+        match kept {
             Ok(Err(refused)) => Err(refused.into()),
             _ => Ok(()),
         }
     }
 }
 
-/// The webhook's settings, when `NOTIFY_WEBHOOK_URL` is set.
-fn webhook_settings(config: &Config) -> Option<WebhookSettings> {
-    let url = config.notify_webhook_url.clone()?;
-    Some(WebhookSettings {
+/// The webhook's settings, when `NOTIFY_WEBHOOK_URL` is set; a TLS setting its client
+/// refuses is an error.
+fn webhook_settings(config: &Config) -> anyhow::Result<Option<WebhookSettings>> {
+    let Some(url) = config.notify_webhook_url.clone() else {
+        return Ok(None);
+    };
+    let client = config
+        .tls
+        .http_client()?
+        .timeout(config.notify_webhook_timeout_ms)
+        .build()
+        .context("cannot build the webhook client")?;
+    Ok(Some(WebhookSettings {
         url,
+        client,
         // clap requires the secret with the URL.
         key: config
             .notify_webhook_secret
@@ -151,7 +215,27 @@ fn webhook_settings(config: &Config) -> Option<WebhookSettings> {
         max_attempts: config.notify_webhook_max_attempts,
         timeout: config.notify_webhook_timeout_ms,
         retry_base: config.notify_webhook_retry_base_ms,
-    })
+    }))
+}
+
+/// How often `/readyz` looks at the RabbitMQ session.
+const READINESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Keeps `connected` (RabbitMQ's part of `/readyz`) equal to whether the sweeper has a
+/// usable session, until `shutdown`: the session itself, not the relay's last round,
+/// which may be seconds old (the relay pauses between rounds, longer after a failure).
+async fn follow_session(
+    sessions: Arc<SessionKeeper>,
+    connected: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        connected.store(sessions.current().is_some(), Ordering::Relaxed);
+        tokio::select! {
+            () = tokio::time::sleep(READINESS_EVERY) => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
 }
 
 /// Publishes the outbox until `shutdown`: right after a sweep expired something, and
@@ -161,7 +245,6 @@ async fn relay_outbox(
     mut relay: Relay,
     pool: PgPool,
     expired: Arc<Notify>,
-    connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut last_count = tokio::time::Instant::now() - PENDING_GAUGE_EVERY;
@@ -181,7 +264,6 @@ async fn relay_outbox(
                 failed = true;
             }
         }
-        connected.store(relay.is_connected(), Ordering::Relaxed);
         // Counting is a scan of the pending rows: at most once a second, not every poll.
         if last_count.elapsed() >= PENDING_GAUGE_EVERY {
             last_count = tokio::time::Instant::now();

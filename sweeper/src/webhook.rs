@@ -36,6 +36,9 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
     pub url: String,
+    /// Built at start (with `TLS_CA_FILE` and the client certificate), so a setting it
+    /// refuses stops the sweeper at once.
+    pub client: reqwest::Client,
     /// The HMAC key ([`signing_key`] of `NOTIFY_WEBHOOK_SECRET`).
     pub key: Vec<u8>,
     pub max_attempts: u32,
@@ -76,13 +79,7 @@ struct Attempt {
 /// Delivers due notifications until `shutdown`; requests in flight then are finished
 /// and recorded.
 pub async fn run(settings: WebhookSettings, pool: PgPool, shutdown: CancellationToken) {
-    let client = match reqwest::Client::builder().timeout(settings.timeout).build() {
-        Ok(client) => client,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot build the webhook client; webhooks are off");
-            return;
-        }
-    };
+    let client = settings.client.clone();
     tracing::info!(
         url = %lastseen::config::url_origin(&settings.url),
         "delivering notifications to the webhook"

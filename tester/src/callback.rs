@@ -42,6 +42,8 @@ struct AcceptedBody {
 pub struct CallbackClient {
     http: reqwest::Client,
     url: String,
+    /// Sent as `Authorization: Bearer <key>` when set (a producer with API keys on).
+    api_key: Option<String>,
 }
 
 impl CallbackClient {
@@ -56,7 +58,7 @@ impl CallbackClient {
         timeout: Duration,
         idle: usize,
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        let http = lastseen::tls::http_client()
             .timeout(timeout)
             .pool_max_idle_per_host(idle)
             .build()
@@ -64,18 +66,38 @@ impl CallbackClient {
         Ok(Self {
             http,
             url: url.into(),
+            api_key: None,
         })
+    }
+
+    /// The same client, sending `key` as `Authorization: Bearer <key>` (none: no header).
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key;
+        self
+    }
+
+    fn request(&self) -> reqwest::RequestBuilder {
+        let request = self.http.post(&self.url);
+        match &self.api_key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
     }
 
     /// Posts `{"object_ids": ids}` and classifies the answer.
     pub async fn post<Id: Serialize>(&self, ids: &[Id]) -> Answer {
-        let response = match self
-            .http
-            .post(&self.url)
-            .json(&serde_json::json!({ "object_ids": ids }))
-            .send()
+        self.post_json(ids.len(), &serde_json::json!({ "object_ids": ids }))
             .await
-        {
+    }
+
+    /// Posts `{"object_ids": ids, "ttl_secs": ttl_secs}` and classifies the answer.
+    pub async fn post_with_ttl<Id: Serialize>(&self, ids: &[Id], ttl_secs: u32) -> Answer {
+        let body = serde_json::json!({ "object_ids": ids, "ttl_secs": ttl_secs });
+        self.post_json(ids.len(), &body).await
+    }
+
+    async fn post_json(&self, ids: usize, body: &serde_json::Value) -> Answer {
+        let response = match self.request().json(body).send().await {
             Ok(response) => response,
             Err(err) => {
                 return Answer::Unanswered {
@@ -101,7 +123,7 @@ impl CallbackClient {
             },
             // A 2xx is the producer's promise even if its body is odd: hold it to it.
             Err(_) => Answer::Accepted {
-                accepted: ids.len() as u64,
+                accepted: ids as u64,
                 spooled: false,
             },
         }
@@ -121,7 +143,7 @@ impl CallbackClient {
         content_type: Option<&str>,
         body: impl Into<reqwest::Body>,
     ) -> anyhow::Result<(u16, serde_json::Value)> {
-        let mut request = self.http.post(&self.url).body(body);
+        let mut request = self.request().body(body);
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }

@@ -34,6 +34,10 @@ pub struct DriveArgs {
     /// Client timeout per callback (milliseconds), as the original tester's 1 s.
     #[arg(long, env = "DRIVE_TIMEOUT_MS", default_value_t = 1000)]
     pub timeout_ms: u64,
+    /// API key to send (`Authorization: Bearer`), for a producer with keys on; none by
+    /// default, as the original challenge tester.
+    #[arg(long, env = "DRIVE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// What the driver sent and what came of it.
@@ -48,7 +52,8 @@ pub struct DriveReport {
 
 /// Runs `tester drive` until `count` callbacks were sent or `shutdown`.
 pub async fn run(args: DriveArgs, shutdown: CancellationToken) -> anyhow::Result<DriveReport> {
-    let client = CallbackClient::new(&args.callback_url, Duration::from_millis(args.timeout_ms))?;
+    let client = CallbackClient::new(&args.callback_url, Duration::from_millis(args.timeout_ms))?
+        .with_api_key(args.api_key.clone());
     let mut report = DriveReport::default();
     let mut ticker = tokio::time::interval(Duration::from_millis(args.interval_ms.max(1)));
     loop {

@@ -8,4 +8,5 @@ pub mod callback;
 pub mod drive;
 pub mod id_oracle;
 pub mod serve;
+pub mod tls_listener;
 pub mod webhook_receiver;

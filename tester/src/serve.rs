@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -43,9 +43,16 @@ impl OnlineRule {
 /// Settings of `tester serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "STATUS_ADDR", default_value = "0.0.0.0:9010")]
+    /// Address to listen on (loopback by default; `0.0.0.0:9010` for every interface).
+    #[arg(long, env = "STATUS_ADDR", default_value = "127.0.0.1:9010")]
     pub addr: SocketAddr,
+    /// PEM certificate (chain) to serve HTTPS with (with `STATUS_TLS_KEY`); plain HTTP
+    /// without.
+    #[arg(long, env = "STATUS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `STATUS_TLS_CERT`.
+    #[arg(long, env = "STATUS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Shortest answer delay (milliseconds).
     #[arg(long, env = "STATUS_DELAY_MIN_MS", default_value_t = 300)]
     pub delay_min_ms: u64,
@@ -128,13 +135,18 @@ impl Drop for InFlight<'_> {
 struct SimState {
     args: ServeArgs,
     stats: Arc<ServeStats>,
+    outage: Arc<AtomicBool>,
 }
 
 /// A bound simulator, ready to serve.
 pub struct StatusSimulator {
     listener: TcpListener,
+    tls: Option<rustls::ServerConfig>,
     router: Router,
     pub stats: Arc<ServeStats>,
+    /// While set, every call is answered 500 at once: an outage of the status service
+    /// (tests switch it).
+    pub outage: Arc<AtomicBool>,
 }
 
 impl StatusSimulator {
@@ -146,14 +158,23 @@ impl StatusSimulator {
                 args.delay_max_ms
             );
         }
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::tls_listener::server_config_from_files(cert, key)
+                    .context("invalid configuration: STATUS_TLS_CERT / STATUS_TLS_KEY")?,
+            ),
+            _ => None,
+        };
         lastseen::limits::raise_open_files();
         let listener = TcpListener::bind(args.addr)
             .await
             .with_context(|| format!("cannot listen on STATUS_ADDR {}", args.addr))?;
         let stats = Arc::new(ServeStats::default());
+        let outage = Arc::new(AtomicBool::new(false));
         let state = Arc::new(SimState {
             args,
             stats: stats.clone(),
+            outage: outage.clone(),
         });
         let router = Router::new()
             .route("/objects/{id}", get(object_status))
@@ -161,8 +182,10 @@ impl StatusSimulator {
             .with_state(state);
         Ok(Self {
             listener,
+            tls,
             router,
             stats,
+            outage,
         })
     }
 
@@ -173,11 +196,23 @@ impl StatusSimulator {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.addr(), "status simulator listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("status simulator failed")
+        let https = self.tls.is_some();
+        tracing::info!(addr = %self.addr(), https, "status simulator listening");
+        let stopped = async move { shutdown.cancelled().await };
+        match self.tls {
+            Some(config) => {
+                let listener = crate::tls_listener::TlsListener::new(self.listener, config)?;
+                axum::serve(listener, self.router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            None => {
+                axum::serve(self.listener, self.router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+        }
+        .context("status simulator failed")
     }
 }
 
@@ -202,6 +237,10 @@ async fn object_status(State(state): State<Arc<SimState>>, Path(raw): Path<Strin
             .into_response();
     };
     let _in_flight = InFlight::enter(&state.stats);
+    if state.outage.load(Ordering::Relaxed) {
+        state.stats.failed.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::INTERNAL_SERVER_ERROR, "simulated outage").into_response();
+    }
     let args = &state.args;
     let (delay, roll) = {
         let mut rng = rand::rng();

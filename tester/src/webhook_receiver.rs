@@ -38,6 +38,15 @@ pub struct WebhookReceiver {
 impl WebhookReceiver {
     /// Listens on `addr` (port 0 picks one) until the runtime stops.
     pub async fn start(addr: SocketAddr, behaviour: Behaviour) -> anyhow::Result<Self> {
+        Self::start_with(addr, behaviour, None).await
+    }
+
+    /// [`Self::start`], serving HTTPS with `tls` when given.
+    pub async fn start_with(
+        addr: SocketAddr,
+        behaviour: Behaviour,
+        tls: Option<rustls::ServerConfig>,
+    ) -> anyhow::Result<Self> {
         let record: Arc<Mutex<Record>> = Arc::default();
         let app = Router::new()
             .route(
@@ -64,8 +73,18 @@ impl WebhookReceiver {
             )
             .with_state(record.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let url = format!("http://{}/hook", listener.local_addr()?);
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let local = listener.local_addr()?;
+        let url = match tls {
+            Some(config) => {
+                let listener = crate::tls_listener::TlsListener::new(listener, config)?;
+                tokio::spawn(async move { axum::serve(listener, app).await });
+                format!("https://{local}/hook")
+            }
+            None => {
+                tokio::spawn(async move { axum::serve(listener, app).await });
+                format!("http://{local}/hook")
+            }
+        };
         Ok(Self { url, record })
     }
 

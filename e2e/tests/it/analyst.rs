@@ -21,7 +21,7 @@ async fn the_analyst_login_reads_every_table_and_cannot_write() -> anyhow::Resul
         .execute(&env.pool)
         .await?;
 
-    let database = env.database_url.rsplit('/').next().unwrap_or_default();
+    let database = env.database_name();
     let analyst = PgPool::connect(
         &e2e::postgres_server()
             .with_login("analyst", "analyst")

@@ -21,7 +21,7 @@ async fn openapi_document_describes_the_callback_its_answers_and_error_bodies() 
     let mut env = TestEnv::start(Status::default()).await?;
     let url = env.start_producer(&[]).await?;
 
-    let response = reqwest::get(url.replace("/callback", "/openapi.json")).await?;
+    let response = lastseen::tls::get(url.replace("/callback", "/openapi.json")).await?;
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(
         response

@@ -147,7 +147,7 @@ async fn callback_with_ttl_above_max_ttl_secs_is_rejected_and_one_at_it_accepted
         (202, json!({ "accepted": 1, "spooled": false }))
     );
     // The API document states the limit this producer enforces.
-    let document: serde_json::Value = reqwest::get(url.replace("/callback", "/openapi.json"))
+    let document: serde_json::Value = lastseen::tls::get(url.replace("/callback", "/openapi.json"))
         .await?
         .json()
         .await?;
@@ -242,7 +242,7 @@ async fn callbacks_get_503_with_retry_after_only_when_rabbitmq_is_down_and_the_s
         (202, json!({ "accepted": 2, "spooled": true }))
     );
 
-    let client = reqwest::Client::new();
+    let client = lastseen::tls::http_client().build()?;
     let response = client
         .post(&url)
         .header("content-type", "application/json")

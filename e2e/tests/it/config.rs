@@ -56,6 +56,19 @@ mod producer {
     }
 
     #[test]
+    fn a_ca_file_that_is_missing_or_not_pem_exits_2_naming_it() {
+        assert_bad_setting_is_refused(&binary("producer"), "TLS_CA_FILE", "/nonexistent/ca.pem");
+        assert_bad_setting_is_refused(&binary("producer"), "TLS_CA_FILE", "/etc/hostname");
+    }
+
+    #[test]
+    fn help_never_shows_the_api_keys() {
+        let mut settings = SECRET_URLS.to_vec();
+        settings.push(("CALLBACK_API_KEYS", "secretpw-0123456789abcdef"));
+        assert_secret_not_shown(&binary("producer"), &["--help"], &settings);
+    }
+
+    #[test]
     fn help_and_a_bad_url_never_show_its_password() {
         assert_secret_not_shown(&binary("producer"), &["--help"], &SECRET_URLS);
         assert_bad_secret_setting_is_refused_unshown(
@@ -77,6 +90,11 @@ mod producer {
                 "CALLBACK_ADDR",
                 "MAX_BODY_BYTES",
                 "IDS_PER_MESSAGE",
+                "CALLBACK_API_KEYS",
+                "CALLBACK_API_KEYS_FILE",
+                "TLS_CA_FILE",
+                "TLS_CLIENT_CERT",
+                "TLS_CLIENT_KEY",
             ],
         );
     }
@@ -102,6 +120,15 @@ mod consumer {
             &binary("consumer"),
             "DATABASE_URL",
             "postgres://u:secretpw@127.0.0.1:notaport/db",
+        );
+    }
+
+    #[test]
+    fn a_database_url_naming_a_missing_root_certificate_exits_2_naming_it() {
+        assert_bad_setting_is_refused(
+            &binary("consumer"),
+            "DATABASE_URL",
+            "postgres://u@127.0.0.1/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
         );
     }
 
@@ -135,6 +162,9 @@ mod consumer {
                 "DATABASE_URL",
                 "STATUS_URL",
                 "MAX_ATTEMPTS",
+                "TLS_CA_FILE",
+                "TLS_CLIENT_CERT",
+                "TLS_CLIENT_KEY",
             ],
         );
     }
@@ -194,7 +224,15 @@ mod sweeper {
                 "NOTIFY_WEBHOOK_URL",
                 "NOTIFY_WEBHOOK_SECRET",
                 "NOTIFICATION_RETENTION_SECS",
+                "MAX_EXPIRY_HOLD_SECS",
+                "EXPIRY_HOLD_ALERT_SECS",
+                "TLS_CA_FILE",
             ],
         );
+    }
+
+    #[test]
+    fn a_zero_expiry_hold_exits_2_naming_it() {
+        assert_bad_setting_is_refused(&binary("sweeper"), "MAX_EXPIRY_HOLD_SECS", "0");
     }
 }

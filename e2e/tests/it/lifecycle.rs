@@ -120,7 +120,7 @@ async fn an_object_refreshed_while_a_sweep_runs_is_never_wrongly_expired_1000_ti
         let sweep = tokio::spawn(async move {
             barrier_a.wait().await;
             let mut tx = pool_a.begin().await?;
-            let gone = objects::expire_due(&mut tx, Utc::now(), 100).await?;
+            let gone = objects::expire_due(&mut tx, objects::Due::at(Utc::now()), 100).await?;
             tx.commit().await?;
             anyhow::Ok(gone)
         });
@@ -272,7 +272,7 @@ async fn a_sighting_older_than_the_latest_expiry_does_not_resurrect_its_stretch(
     let deadline = now - secs(30);
     env.insert_objects(&[id.get()], deadline).await?;
     let mut tx = env.pool.begin().await?;
-    let expired = objects::expire_due(&mut tx, now, 100).await?;
+    let expired = objects::expire_due(&mut tx, objects::Due::at(now), 100).await?;
     tx.commit().await?;
     assert_eq!(expired.len(), 1);
 

@@ -4,8 +4,11 @@
 
 mod analyst;
 mod api_document;
+mod api_keys;
+mod broker_nodes;
 mod callback_input;
 mod config;
+mod expiry_hold;
 mod failures;
 mod hostile_input;
 mod lifecycle;
@@ -24,4 +27,5 @@ mod schema;
 mod session_breaks;
 mod slow_clients;
 mod spool;
+mod tls;
 mod webhook;

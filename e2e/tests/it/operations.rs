@@ -177,6 +177,12 @@ async fn every_binary_serves_metrics_that_count_what_happened() -> anyhow::Resul
     );
     assert_eq!(sample(&s, "lastseen_notifications_pending"), 0.0);
     assert_eq!(sample(&s, "lastseen_expiry_lag_seconds_count"), 75.0);
+    // The watermark: the producer and the consumer report; nothing held.
+    assert_eq!(sample(&s, "lastseen_progress_reporters"), 2.0);
+    assert_eq!(sample(&s, "lastseen_expiry_held"), 0.0);
+    let lag = sample(&s, "lastseen_expiry_watermark_lag_seconds");
+    assert!((0.0..5.0).contains(&lag), "watermark lag {lag} s");
+    assert_eq!(sample(&s, "lastseen_expiry_hold_bound_reached_total"), 0.0);
     env.teardown().await
 }
 
@@ -186,12 +192,7 @@ async fn readyz_turns_not_ready_within_five_seconds_of_an_outage_and_ready_after
     let env = TestEnv::start(Status::default()).await?;
     let broker = FaultProxy::start(e2e::amqp_server().host()).await?;
     let postgres = FaultProxy::start(e2e::postgres_server().host()).await?;
-    let database = env
-        .database_url
-        .rsplit('/')
-        .next()
-        .expect("a database URL ends with its name")
-        .to_owned();
+    let database = env.database_name().to_owned();
     let base = with(
         env.process_env(),
         &[
@@ -257,7 +258,7 @@ async fn a_request_id_follows_the_callback_into_the_consumer_logs() -> anyhow::R
     until_status(&producer, "ready", Duration::from_secs(60)).await?;
     until_status(&consumer_url, "ready", Duration::from_secs(60)).await?;
 
-    let client = reqwest::Client::new();
+    let client = lastseen::tls::http_client().build()?;
     let answer = client
         .post(format!("{producer}/callback"))
         .header("content-type", "application/json")

@@ -65,12 +65,7 @@ async fn consumer_acks_nothing_while_postgres_is_down_and_stores_every_id_after(
     })
     .await?;
     let proxy = FaultProxy::start(e2e::postgres_server().host()).await?;
-    let database = env
-        .database_url
-        .rsplit('/')
-        .next()
-        .expect("a database URL ends with the database name")
-        .to_owned();
+    let database = env.database_name().to_owned();
     let through_proxy = format!("--database-url={}", proxy.postgres_url(&database));
     let url = env.start_producer(&["--ids-per-message=50"]).await?;
     let consumer = env.start_consumer(&[&through_proxy, "--shutdown-timeout-ms=1000"])?;

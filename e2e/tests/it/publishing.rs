@@ -89,7 +89,11 @@ async fn a_returned_dead_letter_fails_itself_never_a_retry_beside_it() -> anyhow
 async fn a_publish_bound_covers_the_wait_for_a_channel() -> anyhow::Result<()> {
     let env = TestEnv::start(Status::default()).await?;
     let proxy = FaultProxy::start(e2e::amqp_server().host()).await?;
-    let keeper = SessionKeeper::new(&proxy.amqp_url(), "publishing-test", env.topology());
+    let keeper = SessionKeeper::new(
+        proxy.amqp_url().as_str().into(),
+        "publishing-test",
+        env.topology(),
+    );
     let stop = CancellationToken::new();
     let kept = tokio::spawn(keeper.clone().run(stop.clone()));
     let publisher = CallbackPublisher::new(keeper, env.topology(), 1);

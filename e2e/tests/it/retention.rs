@@ -110,3 +110,70 @@ async fn the_sweeper_prunes_old_done_notifications_and_marks_new_ones_skipped_wi
     );
     env.teardown().await
 }
+
+/// Inserts one expiry of `object_id` expired at `at`.
+async fn insert_expiry(env: &TestEnv, object_id: i64, at: DateTime<Utc>) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO object_expiries (object_id, first_seen, last_seen, expires_at, expired_at)
+         VALUES ($1, $2, $2, $2, $2)",
+    )
+    .bind(object_id)
+    .bind(at)
+    .execute(&env.pool)
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_drops_history_partitions_past_the_retention_and_the_views_still_answer()
+-> anyhow::Result<()> {
+    use lastseen::store::history;
+    let mut env = TestEnv::start(Status::default()).await?;
+    let now = Utc::now();
+    let old_day = (now - chrono::Duration::days(40)).date_naive();
+    // A day of history from before the retention, as a database a year old holds.
+    history::ensure_partitions(&env.pool, old_day, 1).await?;
+    let old_partition = history::partition_name(old_day);
+    let old_at = old_day.and_hms_opt(12, 0, 0).unwrap().and_utc();
+    insert_expiry(&env, 1, old_at).await?;
+    // Within the retention: kept.
+    insert_expiry(&env, 2, now - chrono::Duration::days(3)).await?;
+    insert_expiry(&env, 3, now).await?;
+    let in_old: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {old_partition}"
+    )))
+    .fetch_one(&env.pool)
+    .await?;
+    assert_eq!(in_old, 1, "the old expiry is in its day's partition");
+
+    env.start_sweeper(&["--history-retention-days=30"])?;
+    let dropped = env
+        .eventually(Duration::from_secs(15), || async {
+            let left: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+                .bind(&old_partition)
+                .fetch_one(&env.pool)
+                .await?;
+            Ok(left.is_none())
+        })
+        .await?;
+    assert!(dropped, "partition {old_partition} was not dropped");
+
+    // The views answer, with what is within the retention.
+    let history_ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT object_id FROM object_history WHERE expired_at IS NOT NULL ORDER BY object_id",
+    )
+    .fetch_all(&env.pool)
+    .await?;
+    assert_eq!(history_ids, [2, 3]);
+    // Partitions for today and the week ahead exist, so expiries never wait for one.
+    let days: BTreeSet<chrono::NaiveDate> = history::partitions(&env.pool)
+        .await?
+        .into_iter()
+        .map(|(_, day)| day)
+        .collect();
+    for ahead in 0..=7 {
+        let day = now.date_naive() + chrono::Days::new(ahead);
+        assert!(days.contains(&day), "no history partition for {day}");
+    }
+    env.teardown().await
+}

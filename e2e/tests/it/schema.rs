@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 async fn refused_at_once(args: &lastseen::config::DatabaseArgs) -> DbError {
     tokio::time::timeout(
         Duration::from_secs(10),
-        connect_and_migrate(args, &CancellationToken::new()),
+        connect_and_migrate(args, &Default::default(), &CancellationToken::new()),
     )
     .await
     .expect("a fatal error is returned at once, not retried")

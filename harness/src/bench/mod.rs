@@ -190,11 +190,14 @@ async fn prepare_database(url: &str) -> anyhow::Result<sqlx::PgPool> {
         database_url: url.to_owned(),
         database_max_connections: 4,
     };
-    Ok(lastseen::db::connect_and_migrate(&args, &CancellationToken::new()).await?)
+    Ok(
+        lastseen::db::connect_and_migrate(&args, &Default::default(), &CancellationToken::new())
+            .await?,
+    )
 }
 
 async fn delete_queues(amqp_url: &str) {
-    let Ok(conn) = lastseen::amqp::connect(amqp_url, "bench-cleanup").await else {
+    let Ok(conn) = lastseen::amqp::connect(&amqp_url.into(), "bench-cleanup").await else {
         return;
     };
     if let Ok(channel) = conn.create_channel().await {

@@ -60,7 +60,7 @@ pub struct Observer {
 
 /// Waits (up to 30 s) until `url` answers 2xx.
 pub async fn wait_http(url: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = lastseen::tls::http_client().build()?;
     for _ in 0..300 {
         if let Ok(r) = client.get(url).send().await
             && r.status().is_success()
@@ -82,7 +82,7 @@ impl Observer {
         rate: u64,
         stop: CancellationToken,
     ) -> anyhow::Result<Observed> {
-        let http = reqwest::Client::builder()
+        let http = lastseen::tls::http_client()
             .timeout(Duration::from_millis(800))
             .build()?;
         let broker = BrokerAdmin::new(&self.amqp_url).with_management(&self.management_url)?;

@@ -38,7 +38,7 @@ pub async fn rabbitmq(
     ids_per_message: usize,
     count: u64,
 ) -> anyhow::Result<(f64, f64, usize)> {
-    let conn = amqp::connect(amqp_url, "bench-raw").await?;
+    let conn = amqp::connect(&amqp_url.into(), "bench-raw").await?;
     let channel = amqp::confirm_channel(&conn).await?;
     let mut args = FieldTable::default();
     args.insert(
@@ -148,7 +148,7 @@ pub async fn status_simulator(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
-    let client = reqwest::Client::builder().build()?;
+    let client = lastseen::tls::http_client().build()?;
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();

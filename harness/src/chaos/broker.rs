@@ -24,9 +24,22 @@ const BOOT_LIMIT: Duration = Duration::from_secs(90);
 const MANAGEMENT_PORT_OFFSET: u16 = 10_000;
 const DIST_PORT_OFFSET: u16 = 20_000;
 
-/// The chaos RabbitMQ node.
+/// A listener with TLS (`amqps://`): its port and the PEM files it serves with.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub port: u16,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Refuse a client without a certificate signed by `ca`.
+    pub require_client_cert: bool,
+}
+
+/// The chaos RabbitMQ node (or another of a test's own: [`BrokerNode::named`]).
 pub struct BrokerNode {
+    name: String,
     amqp_port: u16,
+    tls: Option<TlsListener>,
     /// Holds the config, the plugin list and the node's data (`mnesia/`).
     base: PathBuf,
     logs: PathBuf,
@@ -36,10 +49,35 @@ impl BrokerNode {
     /// A node with its files under `base` (absolute) and its logs under `logs`.
     pub fn new(base: &Path, logs: &Path, amqp_port: u16) -> Self {
         Self {
+            name: NODE_NAME.to_owned(),
             amqp_port,
+            tls: None,
             base: base.to_owned(),
             logs: logs.join("rabbitmq"),
         }
+    }
+
+    /// The same node under another name (`name@localhost`), so several can run at once.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = format!("{name}@localhost");
+        self
+    }
+
+    /// The node's name, for `rabbitmqctl -n`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node also listens with TLS.
+    pub fn with_tls(mut self, tls: TlsListener) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The `amqps://` URL of its TLS listener, by `host` (the name its certificate bears).
+    pub fn amqps_url(&self, host: &str) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        Some(format!("amqps://guest:guest@{host}:{}/%2f", tls.port))
     }
 
     pub fn amqp_url(&self) -> String {
@@ -62,7 +100,7 @@ impl BrokerNode {
     fn env(&self) -> Vec<(String, String)> {
         let path = |p: &str| self.base.join(p).display().to_string();
         vec![
-            ("RABBITMQ_NODENAME".into(), NODE_NAME.into()),
+            ("RABBITMQ_NODENAME".into(), self.name.clone()),
             ("RABBITMQ_NODE_PORT".into(), self.amqp_port.to_string()),
             ("RABBITMQ_DIST_PORT".into(), self.dist_port().to_string()),
             ("RABBITMQ_CONFIG_FILE".into(), path("rabbitmq.conf")),
@@ -106,7 +144,7 @@ impl BrokerNode {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let config = format!(
+        let mut config = format!(
             "# The chaos suite's own node (written by `harness chaos`).\n\
              listeners.tcp.1 = 127.0.0.1:{amqp}\n\
              management.tcp.ip = 127.0.0.1\n\
@@ -116,6 +154,33 @@ impl BrokerNode {
             amqp = self.amqp_port,
             management = self.management_port(),
         );
+        if let Some(tls) = &self.tls {
+            // The node reads its copies (the rabbitmq user owns the folder).
+            let copy = |from: &Path, name: &str| -> anyhow::Result<String> {
+                let to = self.base.join(name);
+                std::fs::copy(from, &to)
+                    .with_context(|| format!("cannot copy {}", from.display()))?;
+                Ok(to.display().to_string())
+            };
+            config.push_str(&format!(
+                "listeners.ssl.1 = 127.0.0.1:{port}\n\
+                 ssl_options.cacertfile = {ca}\n\
+                 ssl_options.certfile = {cert}\n\
+                 ssl_options.keyfile = {key}\n\
+                 ssl_options.verify = {verify}\n\
+                 ssl_options.fail_if_no_peer_cert = {require}\n",
+                port = tls.port,
+                verify = if tls.require_client_cert {
+                    "verify_peer"
+                } else {
+                    "verify_none"
+                },
+                require = tls.require_client_cert,
+                ca = copy(&tls.ca, "ca.pem")?,
+                cert = copy(&tls.cert, "server.pem")?,
+                key = copy(&tls.key, "server.key")?,
+            ));
+        }
         write(&self.base.join("rabbitmq.conf"), &config)?;
         // Management gives unacked counts and redelivery counters without rabbitmqctl,
         // whose every call boots an Erlang VM (about a CPU second).
@@ -143,12 +208,17 @@ impl BrokerNode {
             Duration::from_secs(30),
         )
         .await?;
-        let http = reqwest::Client::builder()
+        let http = lastseen::tls::http_client()
             .timeout(Duration::from_secs(2))
             .build()?;
         let overview = format!("{}/api/overview", self.management_url());
         loop {
-            let amqp_up = match lastseen::amqp::connect(&self.amqp_url(), "chaos-probe").await {
+            let amqp_up = match lastseen::amqp::connect(
+                &self.amqp_url().as_str().into(),
+                "chaos-probe",
+            )
+            .await
+            {
                 Ok(conn) => {
                     let _ = conn.close(200, "up".into()).await;
                     true
@@ -167,7 +237,8 @@ impl BrokerNode {
             }
             if started.elapsed() > BOOT_LIMIT {
                 anyhow::bail!(
-                    "the chaos RabbitMQ node {NODE_NAME} did not start within {BOOT_LIMIT:?}; see {}",
+                    "the RabbitMQ node {} did not start within {BOOT_LIMIT:?}; see {}",
+                    self.name,
                     self.logs.display()
                 );
             }
@@ -179,12 +250,12 @@ impl BrokerNode {
     pub async fn shutdown(&self) -> anyhow::Result<()> {
         tools::run(
             "rabbitmqctl",
-            &["-q", "-n", NODE_NAME, "shutdown"],
+            &["-q", "-n", &self.name, "shutdown"],
             &[],
             BOOT_LIMIT,
         )
         .await
-        .with_context(|| format!("cannot stop the chaos RabbitMQ node {NODE_NAME}"))?;
+        .with_context(|| format!("cannot stop the RabbitMQ node {}", self.name))?;
         Ok(())
     }
 
@@ -198,7 +269,7 @@ impl BrokerNode {
             &[
                 "-q",
                 "-n",
-                NODE_NAME,
+                &self.name,
                 "set_vm_memory_high_watermark",
                 watermark,
             ],
@@ -206,7 +277,7 @@ impl BrokerNode {
             BOOT_LIMIT,
         )
         .await
-        .with_context(|| format!("cannot set the memory watermark of {NODE_NAME}"))?;
+        .with_context(|| format!("cannot set the memory watermark of {}", self.name))?;
         Ok(())
     }
 
@@ -241,7 +312,7 @@ impl BrokerNode {
     }
 
     fn pid(&self) -> Option<String> {
-        let file = self.base.join("mnesia").join(format!("{NODE_NAME}.pid"));
+        let file = self.base.join("mnesia").join(format!("{}.pid", self.name));
         let pid = std::fs::read_to_string(file).ok()?;
         let pid = pid.trim();
         (!pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit())).then(|| pid.to_owned())

@@ -184,7 +184,7 @@ impl DatabaseCluster {
             database_url: self.database_url(),
             database_max_connections: 1,
         };
-        lastseen::db::connect_and_migrate(&args, &CancellationToken::new())
+        lastseen::db::connect_and_migrate(&args, &Default::default(), &CancellationToken::new())
             .await?
             .close()
             .await;

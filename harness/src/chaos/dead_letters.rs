@@ -23,7 +23,7 @@ pub struct DeadLetter {
 
 /// Takes every message off `queue` (auto-ack: the node is wiped before the next run).
 pub async fn take_all(amqp_url: &str, queue: &str) -> anyhow::Result<Vec<DeadLetter>> {
-    let conn = lastseen::amqp::connect(amqp_url, "chaos-dead-letters").await?;
+    let conn = lastseen::amqp::connect(&amqp_url.into(), "chaos-dead-letters").await?;
     let channel = conn.create_channel().await?;
     let letters = take_from(&channel, queue).await?;
     let _ = channel.close(200, "done".into()).await;

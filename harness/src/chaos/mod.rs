@@ -6,7 +6,8 @@
 //! ```text
 //! setup     own RabbitMQ node + PostgreSQL cluster, fresh database, the processes
 //!           (two sweepers delivering to a webhook that takes 3 s per request)
-//! load      20 callbacks/s, every 2xx recorded as ground truth   ─┐
+//! load      20 callbacks/s, every 2xx recorded as ground truth;  ─┐
+//!           a fleet of 200 objects every 2 s with a 10 s TTL     │
 //! faults    spool disk full; work queue deleted; kill -9         │ status service failing
 //!           consumer, producer, sweeper; RabbitMQ and PostgreSQL │ 20%, hanging 5% of calls
 //!           stopped 10 s (deadlines passing); memory alarm;      │
@@ -16,21 +17,22 @@
 //! teardown  processes, node and cluster stopped, whatever happened
 //! ```
 
-mod broker;
+pub mod broker;
 mod database;
-mod dead_letters;
+pub(crate) mod dead_letters;
 mod deadlines;
 mod faults;
-mod ground_truth;
-mod load;
-mod logs;
+mod fleet;
+pub(crate) mod ground_truth;
+pub(crate) mod load;
+pub(crate) mod logs;
 mod phases;
-mod queues;
-mod recovery;
+pub(crate) mod queues;
+pub(crate) mod recovery;
 mod report;
 mod spool_disk;
-mod tools;
-mod verify;
+pub(crate) mod tools;
+pub(crate) mod verify;
 mod webhook;
 mod work_queue;
 

@@ -21,7 +21,7 @@ use super::queues::QueueWatch;
 use super::recovery::Prober;
 use super::report::{ChaosResult, LoadSettings, QueueDepth};
 use super::spool_disk::SpoolDisk;
-use super::{ChaosArgs, STOP_GRACE, dead_letters, deadlines, logs, tools, verify, webhook};
+use super::{ChaosArgs, STOP_GRACE, dead_letters, deadlines, fleet, logs, tools, verify, webhook};
 use crate::process::Supervisor;
 use tester::serve::OnlineRule;
 
@@ -57,6 +57,7 @@ fn topology() -> lastseen::topology::Topology {
         notifications_exchange: format!("{PREFIX}.notifications"),
         delivery_limit: 20,
         notifications_queue_max_length: 100_000,
+        quorum_replicas: None,
     })
 }
 
@@ -136,6 +137,12 @@ impl Setup<'_> {
         let stop_load = CancellationToken::new();
         let _stop_load = stop_load.clone().drop_guard();
         let load_started = Instant::now();
+        let fleet_truth = Arc::new(GroundTruth::default());
+        let fleet_task = tokio::spawn(fleet::run(
+            client.clone(),
+            fleet_truth.clone(),
+            stop_load.clone(),
+        ));
         let load_task = tokio::spawn(load::run(client, shape, truth.clone(), stop_load.clone()));
         let mut chaos = Chaos {
             pipeline: &mut *pipeline,
@@ -159,6 +166,7 @@ impl Setup<'_> {
         drop(chaos);
         stop_load.cancel();
         let load_outcome = load_task.await.context("the load panicked")?;
+        fleet_task.await.context("the fleet panicked")?;
         let load_secs = load_started.elapsed().as_secs_f64();
         let faults = faults?;
         let counts = truth.counts();
@@ -214,14 +222,28 @@ impl Setup<'_> {
                 .context("cannot read the objects table")?
                 .into_iter()
                 .collect();
+        let expiries: Vec<verify::Stretch> = sqlx::query_as(
+            "SELECT object_id, last_seen, expires_at, expired_at FROM object_expiries",
+        )
+        .fetch_all(&pool)
+        .await
+        .context("cannot read the object_expiries table")?;
         let webhook = webhook::figures(&receiver, &pool).await?;
         let deadlines = match &planted {
             Some(planted) => Some(deadlines::verify(planted, &pool).await?),
             None => None,
         };
         pool.close().await;
-        let snapshot = truth.take();
-        let verdict = verify::verify(&snapshot, &rows, &dead, OnlineRule::Even);
+        let mut snapshot = truth.take();
+        let fleet = fleet_truth.take();
+        // The fleet's rows are expected; its callbacks are judged for expiries only
+        // (its objects expire once it stops, so rows are not required of it).
+        snapshot.sent.extend(fleet.sent.iter().copied());
+        let mut verdict = verify::verify(&snapshot, &rows, &dead, &expiries, OnlineRule::Even);
+        verify::judge_expiries(&fleet, &expiries, OnlineRule::Even, &mut verdict);
+        verdict.fleet_callbacks_accepted =
+            fleet.counts.accepted_direct + fleet.counts.accepted_spooled;
+        verdict.fleet_callbacks_sent = fleet.counts.sent;
         Ok(ChaosResult {
             passed: false,
             failures: Vec::new(),
@@ -343,28 +365,12 @@ impl Setup<'_> {
                 ]),
             )?;
         }
-        wait_http(&format!("http://{status_addr}/stats")).await?;
-        wait_http(&format!("http://127.0.0.1:{}/readyz", args.callback_port)).await?;
+        tools::wait_http(READY_LIMIT, &format!("http://{status_addr}/stats")).await?;
+        tools::wait_http(
+            READY_LIMIT,
+            &format!("http://127.0.0.1:{}/readyz", args.callback_port),
+        )
+        .await?;
         Ok(())
     }
-}
-
-/// Waits until `url` answers 2xx, up to `READY_LIMIT`.
-async fn wait_http(url: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()?;
-    let started = Instant::now();
-    while started.elapsed() < READY_LIMIT {
-        if http
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("{url} did not answer within {READY_LIMIT:?}")
 }

@@ -66,6 +66,12 @@ impl ChaosResult {
         if v.ids_lost > 0 {
             failures.push(format!("{} accepted online ids lost", v.ids_lost));
         }
+        if v.false_expiries > 0 {
+            failures.push(format!(
+                "{} objects expired while an accepted callback naming them was unsettled",
+                v.false_expiries
+            ));
+        }
         if v.offline_rows > 0 {
             failures.push(format!("{} rows of offline ids", v.offline_rows));
         }
@@ -255,6 +261,20 @@ pub fn markdown(r: &ChaosResult) -> String {
         ),
         ("**lost ids**".to_owned(), format!("**{}**", n(v.ids_lost))),
         (
+            "**false expiries**".to_owned(),
+            format!(
+                "**{}** of {} expiries of objects the load named ({} with a callback sent within 1 s of the deadline, not judged); the fleet ({} objects, TTL {} s, a callback every {} s): {} of {} callbacks accepted",
+                n(v.false_expiries),
+                n(v.expiries_checked),
+                n(v.expiries_too_close_to_judge),
+                super::fleet::SIZE,
+                super::fleet::TTL_SECS,
+                super::fleet::PERIOD.as_secs(),
+                n(v.fleet_callbacks_accepted),
+                n(v.fleet_callbacks_sent)
+            ),
+        ),
+        (
             "deadlines passed while PostgreSQL was down".to_owned(),
             r.deadlines.as_ref().map_or("not run".to_owned(), |d| {
                 format!(
@@ -318,6 +338,16 @@ pub fn markdown(r: &ChaosResult) -> String {
     if !v.lost_sample.is_empty() {
         s.push_str("\nLost ids (first few): ");
         let ids: Vec<String> = v.lost_sample.iter().map(|l| l.id.to_string()).collect();
+        s.push_str(&ids.join(", "));
+        s.push_str(" (details in result.json)\n");
+    }
+    if !v.false_expiry_sample.is_empty() {
+        s.push_str("\nFalsely expired ids (first few): ");
+        let ids: Vec<String> = v
+            .false_expiry_sample
+            .iter()
+            .map(|f| f.id.to_string())
+            .collect();
         s.push_str(&ids.join(", "));
         s.push_str(" (details in result.json)\n");
     }

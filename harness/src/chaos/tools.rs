@@ -84,6 +84,26 @@ pub async fn run(
     )
 }
 
+/// Waits until `url` answers 2xx, up to `limit`.
+pub async fn wait_http(limit: Duration, url: &str) -> anyhow::Result<()> {
+    let http = lastseen::tls::http_client()
+        .timeout(Duration::from_secs(1))
+        .build()?;
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if http
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("{url} did not answer within {limit:?}")
+}
+
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
 pub async fn port_open(port: u16) -> bool {
     matches!(

@@ -10,6 +10,12 @@
 //!   dead letter answering for one callback); otherwise the id is *lost*.
 //! - An offline id must have no row at all, and no row may exist for an id never sent.
 //! - A dead letter is accounted for if it parses and every id in it was sent by this run.
+//! - An expiry is *false* if an accepted callback naming its online object was sent
+//!   after the stretch's last sighting and at least [`ANSWER_WITHIN`] before its
+//!   deadline: that callback was accepted before the deadline, yet had not refreshed the
+//!   object when it was expired (had it been settled, the stretch's last sighting would
+//!   be at or after it). One sent within [`ANSWER_WITHIN`] of the deadline may have been
+//!   accepted after it: counted apart, not a failure.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,6 +28,29 @@ use tester::serve::OnlineRule;
 
 /// Lost ids quoted in the report.
 const LOST_SAMPLES: usize = 20;
+
+/// The load's client timeout: an accepted callback was accepted at most this long after
+/// it was sent.
+pub const ANSWER_WITHIN: chrono::Duration = chrono::Duration::seconds(1);
+
+/// An expired stretch of an object, from `object_expiries`.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct Stretch {
+    pub object_id: i64,
+    pub last_seen: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub expired_at: DateTime<Utc>,
+}
+
+/// A false expiry: the stretch, and the accepted callback it did not wait for.
+#[derive(Debug, Clone, Serialize)]
+pub struct FalseExpiry {
+    pub id: i64,
+    pub last_seen: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub expired_at: DateTime<Utc>,
+    pub callback_sent: DateTime<Utc>,
+}
 
 /// An id the pipeline lost, with what is known about it.
 #[derive(Debug, Clone, Serialize)]
@@ -55,23 +84,37 @@ pub struct Verdict {
     /// Dead letters that do not parse or hold an id never sent. Must be 0.
     pub dead_letters_unaccounted: u64,
     pub dead_letter_reasons: BTreeMap<String, u64>,
+    /// Expiries of objects this run's load named.
+    pub expiries_checked: u64,
+    /// Expiries while an accepted callback naming the object was unsettled. Must be 0.
+    pub false_expiries: u64,
+    pub false_expiry_sample: Vec<FalseExpiry>,
+    /// Expiries with a callback sent within [`ANSWER_WITHIN`] before the deadline (it
+    /// may have been accepted after it): not judged.
+    pub expiries_too_close_to_judge: u64,
+    /// Callbacks of the fleet (see `fleet`) sent and accepted.
+    pub fleet_callbacks_sent: u64,
+    pub fleet_callbacks_accepted: u64,
 }
 
 impl Verdict {
     /// Whether the data checks hold (the queues are judged elsewhere).
     pub fn holds(&self) -> bool {
         self.ids_lost == 0
+            && self.false_expiries == 0
             && self.offline_rows == 0
             && self.unexpected_rows == 0
             && self.dead_letters_unaccounted == 0
     }
 }
 
-/// Checks the ground truth against `rows` (every row of `objects`) and `dead_letters`.
+/// Checks the ground truth against `rows` (every row of `objects`), `dead_letters` and
+/// `expiries` (every row of `object_expiries`).
 pub fn verify(
     truth: &Snapshot,
     rows: &HashMap<i64, DateTime<Utc>>,
     dead_letters: &[DeadLetter],
+    expiries: &[Stretch],
     online: OnlineRule,
 ) -> Verdict {
     let mut verdict = Verdict {
@@ -79,6 +122,7 @@ pub fn verify(
         dead_letters: dead_letters.len() as u64,
         ..Verdict::default()
     };
+    judge_expiries(truth, expiries, online, &mut verdict);
 
     // When each id was dead-lettered, by accepted_at.
     let mut dead_by_id: HashMap<i64, Vec<DateTime<Utc>>> = HashMap::new();
@@ -147,6 +191,49 @@ pub fn verify(
     verdict
 }
 
+/// Counts false expiries (see the module's documentation) of the objects `truth`
+/// names into `verdict`.
+pub fn judge_expiries(
+    truth: &Snapshot,
+    expiries: &[Stretch],
+    online: OnlineRule,
+    verdict: &mut Verdict,
+) {
+    for stretch in expiries {
+        let Some(sends) = truth.accepted.get(&stretch.object_id) else {
+            continue;
+        };
+        if !online.is_online(stretch.object_id) {
+            continue;
+        }
+        verdict.expiries_checked += 1;
+        let inside =
+            |sent: &&DateTime<Utc>| **sent > stretch.last_seen && **sent <= stretch.expires_at;
+        match sends
+            .iter()
+            .filter(inside)
+            .min_by_key(|sent| (**sent + ANSWER_WITHIN > stretch.expires_at, **sent))
+        {
+            None => {}
+            Some(sent) if *sent + ANSWER_WITHIN > stretch.expires_at => {
+                verdict.expiries_too_close_to_judge += 1;
+            }
+            Some(sent) => {
+                verdict.false_expiries += 1;
+                if verdict.false_expiry_sample.len() < LOST_SAMPLES {
+                    verdict.false_expiry_sample.push(FalseExpiry {
+                        id: stretch.object_id,
+                        last_seen: stretch.last_seen,
+                        expires_at: stretch.expires_at,
+                        expired_at: stretch.expired_at,
+                        callback_sent: *sent,
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Whether every send (sorted) can be paired with its own dead letter (sorted by
 /// `accepted_at`) accepted at or after it; greedy pairing with the earliest such letter
 /// is optimal for this.
@@ -213,7 +300,7 @@ mod tests {
         // callback and no dead letter: lost. 8: no row, no dead letter: lost.
         let rows = HashMap::from([(2, at(21)), (6, at(5))]);
         let letters = vec![letter(&[4], 11)];
-        let verdict = verify(&snapshot, &rows, &letters, OnlineRule::Even);
+        let verdict = verify(&snapshot, &rows, &letters, &[], OnlineRule::Even);
         assert_eq!(verdict.ids_accepted, 5);
         assert_eq!(verdict.offline_ids_accepted, 1);
         assert_eq!(verdict.ids_stored, 1);
@@ -237,6 +324,7 @@ mod tests {
             &snapshot,
             &HashMap::new(),
             &[letter(&[2], 21)],
+            &[],
             OnlineRule::Even,
         );
         assert_eq!(lost.ids_lost, 1);
@@ -244,10 +332,47 @@ mod tests {
             &snapshot,
             &HashMap::new(),
             &[letter(&[2], 11), letter(&[2], 21)],
+            &[],
             OnlineRule::Even,
         );
         assert_eq!(accounted.ids_dead_lettered, 1);
         assert!(accounted.holds());
+    }
+
+    fn stretch(id: i64, last_seen: i64, expires_at: i64) -> Stretch {
+        Stretch {
+            object_id: id,
+            last_seen: at(last_seen),
+            expires_at: at(expires_at),
+            expired_at: at(expires_at + 5),
+        }
+    }
+
+    #[test]
+    fn an_expiry_before_an_accepted_callback_inside_its_stretch_was_settled_is_false() {
+        let truth = GroundTruth::default();
+        accept(&truth, &[2], 10);
+        accept(&truth, &[2], 25);
+        accept(&truth, &[4], 10);
+        accept(&truth, &[6], 10);
+        accept(&truth, &[6], 40);
+        let snapshot = truth.take();
+        let rows = HashMap::from([(2, at(26)), (4, at(11)), (6, at(41))]);
+        let expiries = [
+            // 2: seen at 10, deadline 40, a callback sent at 25 not yet settled: false.
+            stretch(2, 10, 40),
+            // 4: nothing sent inside its stretch: a true expiry.
+            stretch(4, 11, 41),
+            // 6: the callback at 40 is within a second of the deadline: not judged.
+            stretch(6, 10, 40),
+        ];
+        let verdict = verify(&snapshot, &rows, &[], &expiries, OnlineRule::Even);
+        assert_eq!(verdict.expiries_checked, 3);
+        assert_eq!(verdict.false_expiries, 1);
+        assert_eq!(verdict.false_expiry_sample[0].id, 2);
+        assert_eq!(verdict.false_expiry_sample[0].callback_sent, at(25));
+        assert_eq!(verdict.expiries_too_close_to_judge, 1);
+        assert!(!verdict.holds());
     }
 
     #[test]
@@ -256,7 +381,7 @@ mod tests {
         accept(&truth, &[3], 10);
         let snapshot = truth.take();
         let rows = HashMap::from([(3, at(11)), (100, at(11))]);
-        let verdict = verify(&snapshot, &rows, &[letter(&[7], 11)], OnlineRule::Even);
+        let verdict = verify(&snapshot, &rows, &[letter(&[7], 11)], &[], OnlineRule::Even);
         assert_eq!(verdict.offline_rows, 1);
         assert_eq!(verdict.unexpected_rows, 1);
         assert_eq!(verdict.dead_letters_unaccounted, 1);

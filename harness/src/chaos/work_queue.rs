@@ -40,7 +40,8 @@ pub async fn delete(broker: &BrokerNode, topology: &Topology) -> anyhow::Result<
     broker.memory_alarm(true).await?;
     let deleted = async {
         tokio::time::sleep(ALARM_LEAD).await;
-        let connection = lastseen::amqp::connect(&broker.amqp_url(), "chaos-fault").await?;
+        let connection =
+            lastseen::amqp::connect(&broker.amqp_url().as_str().into(), "chaos-fault").await?;
         let channel = connection.create_channel().await?;
         channel
             .queue_unbind(

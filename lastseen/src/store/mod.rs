@@ -1,4 +1,7 @@
 //! All SQL of the pipeline, one module per table.
 
+pub mod history;
+pub mod holds;
 pub mod notifications;
 pub mod objects;
+pub mod reporters;

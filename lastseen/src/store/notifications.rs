@@ -120,9 +120,9 @@ pub async fn count_pending(pool: &sqlx::PgPool) -> sqlx::Result<i64> {
         .await
 }
 
-/// Records one notification about no single object (a digest); call inside the
+/// Records one notification about no single object (a digest, `pipeline.lagging`); call inside the
 /// transaction that made the change.
-pub async fn record_digest(
+pub async fn record_event(
     conn: &mut PgConnection,
     routing_key: &str,
     payload: &serde_json::Value,

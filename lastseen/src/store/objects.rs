@@ -87,8 +87,9 @@ pub async fn upsert_sightings(
     let ids: Vec<i64> = rows.iter().map(|s| s.id.get()).collect();
     let seen: Vec<DateTime<Utc>> = rows.iter().map(|s| s.seen_at).collect();
     let expires: Vec<DateTime<Utc>> = rows.iter().map(|s| s.expires_at).collect();
-    // The latest expiry is looked up only for ids not in `objects` (a one-time filter in
-    // the lateral subquery), so refreshing an online object costs what it did.
+    // The latest expiry is looked up only for ids not in `objects`, so refreshing an
+    // online object costs what it did; it is one row per object in `object_last_expiry`,
+    // not a search through every day partition of `object_expiries`.
     // `xmax = 0` on a returned row: it was inserted, not updated.
     let written: Vec<UpsertedRow> = sqlx::query_as(
         "WITH s AS (
@@ -99,12 +100,7 @@ pub async fn upsert_sightings(
                     prev.last_seen AS prev_last_seen, prev.expired_at AS prev_expired_at
              FROM s
              LEFT JOIN objects o ON o.id = s.id
-             LEFT JOIN LATERAL (
-                 SELECT e.expires_at, e.last_seen, e.expired_at FROM object_expiries e
-                 WHERE o.id IS NULL AND e.object_id = s.id
-                 ORDER BY e.expired_at DESC
-                 LIMIT 1
-             ) prev ON true
+             LEFT JOIN object_last_expiry prev ON o.id IS NULL AND prev.object_id = s.id
          ), up AS (
              INSERT INTO objects (id, first_seen, last_seen, expires_at)
              SELECT id, seen, seen, expires FROM judged
@@ -167,33 +163,72 @@ struct ExpiredRow {
     expires_at: DateTime<Utc>,
 }
 
-/// Deletes up to `limit` objects whose deadline is at or before `now`, earliest first,
-/// keeps each one's stretch in `object_expiries`, and returns them. Rows locked by a
+/// Which objects a sweep may expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// When the expiry happens (`expired_at`).
+    pub now: DateTime<Utc>,
+    /// Deadlines before this are due: the watermark (every callback accepted before it is
+    /// settled), never later than `now`.
+    pub before: DateTime<Utc>,
+    /// Per-object holds from callbacks accepted before this no longer hold
+    /// (`MAX_EXPIRY_HOLD_SECS` ago).
+    pub holds_from: DateTime<Utc>,
+}
+
+impl Due {
+    /// Everything whose deadline is before `now`, every hold holding (no watermark).
+    pub fn at(now: DateTime<Utc>) -> Self {
+        Self {
+            now,
+            before: now,
+            holds_from: DateTime::<Utc>::UNIX_EPOCH,
+        }
+    }
+}
+
+/// Deletes up to `limit` objects that are due (deadline before `due.before`, and not held
+/// by a hold from a callback accepted at or before the deadline), earliest first, keeps
+/// each one's stretch in `object_expiries` (and as the object's latest in
+/// `object_last_expiry`), and returns them. Rows locked by a
 /// concurrent writer or sweeper are skipped, and the deadline is checked again on the
 /// locked row, so an object refreshed meanwhile stays.
 pub async fn expire_due(
     conn: &mut PgConnection,
-    now: DateTime<Utc>,
+    due: Due,
     limit: i64,
 ) -> sqlx::Result<Vec<Expired>> {
     let rows: Vec<ExpiredRow> = sqlx::query_as(
         "WITH due AS (
-             SELECT id FROM objects
-             WHERE expires_at <= $1
+             SELECT id FROM objects o
+             WHERE expires_at < $2
+               AND NOT EXISTS (
+                   SELECT 1 FROM expiry_holds h
+                   WHERE h.object_id = o.id AND h.accepted_at <= o.expires_at
+                     AND h.accepted_at >= $3)
              ORDER BY expires_at
-             LIMIT $2
+             LIMIT $4
              FOR UPDATE SKIP LOCKED
          ), gone AS (
              DELETE FROM objects o USING due
-             WHERE o.id = due.id AND o.expires_at <= $1
+             WHERE o.id = due.id AND o.expires_at < $2
              RETURNING o.id, o.first_seen, o.last_seen, o.expires_at
          ), kept AS (
              INSERT INTO object_expiries (object_id, first_seen, last_seen, expires_at, expired_at)
              SELECT id, first_seen, last_seen, expires_at, $1 FROM gone
+         ), latest AS (
+             INSERT INTO object_last_expiry (object_id, last_seen, expires_at, expired_at)
+             SELECT id, last_seen, expires_at, $1 FROM gone
+             ON CONFLICT (object_id) DO UPDATE
+                 SET last_seen = EXCLUDED.last_seen, expires_at = EXCLUDED.expires_at,
+                     expired_at = EXCLUDED.expired_at
+                 WHERE EXCLUDED.expired_at >= object_last_expiry.expired_at
          )
          SELECT id, first_seen, last_seen, expires_at FROM gone ORDER BY expires_at",
     )
-    .bind(now)
+    .bind(due.now)
+    .bind(due.before.min(due.now))
+    .bind(due.holds_from)
     .bind(limit)
     .fetch_all(conn)
     .await?;
@@ -210,9 +245,15 @@ pub async fn expire_due(
         .collect())
 }
 
-/// The earliest deadline in the table, if any: when the next expiry is due.
-pub async fn next_deadline(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar("SELECT min(expires_at) FROM objects")
+/// The earliest deadline at or after `from` (the watermark), if any: when the next
+/// expiry is due. Objects before it that are still there are held or locked; they are
+/// looked at again on the next sweep.
+pub async fn next_deadline(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("SELECT min(expires_at) FROM objects WHERE expires_at >= $1")
+        .bind(from)
         .fetch_one(pool)
         .await
 }

@@ -15,6 +15,10 @@ use crate::spool::SpoolError;
 /// Why a callback was not accepted; each maps to a status and a JSON body.
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {
+    #[error("this producer takes callbacks with an API key only: send Authorization: Bearer <key>")]
+    MissingApiKey,
+    #[error("the API key is not one of this producer's keys")]
+    InvalidApiKey,
     #[error("content type must be application/json, got {0:?}")]
     UnsupportedMediaType(String),
     #[error("request body is larger than the limit of {limit} bytes")]
@@ -44,6 +48,8 @@ pub enum CallbackError {
 impl CallbackError {
     fn code(&self) -> (StatusCode, &'static str) {
         match self {
+            Self::MissingApiKey => (StatusCode::UNAUTHORIZED, "missing_api_key"),
+            Self::InvalidApiKey => (StatusCode::UNAUTHORIZED, "invalid_api_key"),
             Self::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }

@@ -20,6 +20,7 @@ use super::error::CallbackError;
 use crate::callback::{CallbackRequest, check_messages};
 use crate::publisher::CallbackPublisher;
 use crate::spool::Spool;
+use lastseen::progress::Unsettled;
 
 /// Longest request id carried into messages and logs; a longer one is cut.
 const REQUEST_ID_MAX_CHARS: usize = 128;
@@ -28,6 +29,9 @@ const REQUEST_ID_MAX_CHARS: usize = 128;
 pub struct AppState {
     pub publisher: Arc<CallbackPublisher>,
     pub spool: Arc<Spool>,
+    /// The `accepted_at` of every callback being published or spooled, for the progress
+    /// reports.
+    pub in_hand: Unsettled,
     pub ids_per_message: usize,
     pub publish_timeout: Duration,
     pub max_body_bytes: u64,
@@ -75,6 +79,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), CallbackError> {
     path = "/callback",
     tag = "callbacks",
     summary = "Report objects seen alive",
+    security((), ("api_key" = [])),
     description = "Validates the body, removes duplicate ids and answers 202 once the ids are durable. \
                    Every error is answered with a JSON body `{\"error\": code, \"message\": text}`.",
     request_body(
@@ -94,6 +99,12 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), CallbackError> {
             description = "`malformed_json`: not JSON or cut short; `unreadable_body`: the body \
                            could not be read (the client broke off). Nothing is published.",
             example = json!({"error": "malformed_json", "message": "malformed JSON: EOF while parsing a list at line 1 column 17"})),
+        (status = 401, body = super::schemas::ErrorBody,
+            description = "Only with API keys on (CALLBACK_API_KEYS or CALLBACK_API_KEYS_FILE): \
+                           `missing_api_key`: no `Authorization: Bearer <key>` header; \
+                           `invalid_api_key`: not one of the producer's keys. Nothing is read or published.",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`")),
+            example = json!({"error": "invalid_api_key", "message": "the API key is not one of this producer's keys"})),
         (status = 408, body = super::schemas::ErrorBody,
             description = "`body_timeout`: the body was not received in full within \
                            REQUEST_BODY_TIMEOUT_MS (5 s by default); nothing is published. \
@@ -147,7 +158,10 @@ pub async fn callback(
         });
     }
     let ids = request.distinct_ids();
-    let mut messages = check_messages(&ids, state.ids_per_message, Utc::now());
+    let accepted_at = Utc::now();
+    // Reported as unsettled until RabbitMQ confirmed it or the spool holds it.
+    let _in_hand = state.in_hand.hold(accepted_at);
+    let mut messages = check_messages(&ids, state.ids_per_message, accepted_at);
     let request_id = headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())

@@ -3,6 +3,7 @@
 //! Nothing below it (`callback`, `publisher`, `spool`) knows HTTP.
 
 mod admission;
+mod api_keys;
 mod error;
 mod handlers;
 mod openapi;
@@ -20,6 +21,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::RequestBodyDeadlineLayer;
 use tower_http::trace::TraceLayer;
 
+pub use api_keys::ApiKeys;
 pub use handlers::AppState;
 pub use server::serve;
 
@@ -28,17 +30,23 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The producer's routes and layers. `body_timeout` bounds the time a client may take to
 /// send its whole body.
-pub fn router(state: AppState, body_timeout: Duration) -> Router {
+pub fn router(state: AppState, keys: ApiKeys, body_timeout: Duration) -> Router {
     let body_limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
     let document: Arc<str> = openapi::document_json(state.max_ttl_secs).into();
     let budget = admission::BodyBudget::new(state.max_body_bytes_in_flight, state.max_body_bytes);
     Router::new()
         .route(
             "/callback",
-            post(handlers::callback).route_layer(axum::middleware::from_fn_with_state(
-                budget,
-                admission::admit,
-            )),
+            post(handlers::callback)
+                .route_layer(axum::middleware::from_fn_with_state(
+                    budget,
+                    admission::admit,
+                ))
+                // Outermost: a request without a valid key takes no share of the budget.
+                .route_layer(axum::middleware::from_fn_with_state(
+                    keys,
+                    api_keys::authenticate,
+                )),
         )
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))

@@ -22,6 +22,7 @@ use crate::callback::ObjectIdSchema;
                        for the consumers to check each id against the status service."
     ),
     paths(handlers::callback, handlers::healthz, handlers::readyz),
+    modifiers(&ApiKeyScheme),
     components(schemas(ObjectIdSchema, ErrorBody, ErrorCode, Health, Readiness, ReadinessStatus)),
     tags(
         (name = "callbacks", description = "Batches of object ids seen alive"),
@@ -29,6 +30,21 @@ use crate::callback::ObjectIdSchema;
     )
 )]
 pub struct ApiDoc;
+
+/// The `api_key` security scheme: `Authorization: Bearer <key>`, needed by `/callback`
+/// only when the producer has keys.
+struct ApiKeyScheme;
+
+impl utoipa::Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
 
 /// The document as JSON for a producer whose `MAX_TTL_SECS` is `max_ttl_secs`: the
 /// `ttl_secs` maximum it states is the one this producer enforces.

@@ -17,7 +17,8 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// What went wrong, one code per cause: `malformed_json` (400, not JSON or cut short),
+/// What went wrong, one code per cause: `missing_api_key` and `invalid_api_key` (401,
+/// with API keys on: no `Authorization: Bearer` key, or not a valid one), `malformed_json` (400, not JSON or cut short),
 /// `unreadable_body` (400, the client broke off the body), `body_timeout` (408, the body
 /// took longer than REQUEST_BODY_TIMEOUT_MS), `request_timeout` (408, no answer in 30 s),
 /// `body_too_large` (413, over MAX_BODY_BYTES), `unsupported_media_type` (415, not
@@ -28,6 +29,8 @@ pub struct ErrorBody {
 #[derive(ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
+    MissingApiKey,
+    InvalidApiKey,
     MalformedJson,
     UnreadableBody,
     BodyTimeout,

@@ -15,7 +15,9 @@ use redb::{
     TableDefinition,
 };
 
-use super::{SpoolError, SpooledCallback, count_ids, decode};
+use super::{SpoolError, SpooledCallback, accepted_at, count_ids, decode};
+use chrono::{DateTime, Utc};
+use lastseen::progress::Unsettled;
 
 /// Spooled callbacks by key; keys grow, so the first entry is the oldest.
 const CALLBACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("callbacks");
@@ -31,6 +33,8 @@ pub struct Counts {
     pub ids: AtomicU64,
     /// The key the next appended callback gets.
     next_key: AtomicU64,
+    /// The `accepted_at` of every callback in the file, for the progress reports.
+    pub accepted: Unsettled,
 }
 
 /// The redb file of the spool.
@@ -87,18 +91,22 @@ impl SpoolFile {
     /// Counts the callbacks and ids in `db` and the next key.
     fn count(&self, db: &Database) -> Result<(), SpoolError> {
         let (mut callbacks, mut ids, mut next_key) = (0, 0, 0);
+        let mut accepted = Vec::new();
         let txn = db.begin_write().map_err(SpoolError::storage)?;
         {
             // Opening the table for writing creates it in a new file.
             let table = txn.open_table(CALLBACKS).map_err(SpoolError::storage)?;
             for entry in table.iter().map_err(SpoolError::storage)? {
                 let (key, value) = entry.map_err(SpoolError::storage)?;
+                let messages = decode(value.value())?;
                 callbacks += 1;
-                ids += count_ids(&decode(value.value())?);
+                ids += count_ids(&messages);
+                accepted.extend(accepted_at(&messages));
                 next_key = key.value() + 1;
             }
         }
         txn.commit().map_err(SpoolError::storage)?;
+        self.counts.accepted.reset(accepted);
         self.counts.callbacks.store(callbacks, Ordering::Relaxed);
         self.counts.ids.store(ids, Ordering::Relaxed);
         self.counts.next_key.store(next_key, Ordering::Relaxed);
@@ -151,9 +159,14 @@ impl SpoolFile {
         Ok(())
     }
 
-    /// Commits `payloads` as new callbacks (`ids` ids in all), fsync'd, in one
-    /// transaction.
-    pub fn append(&self, payloads: &[&[u8]], ids: u64) -> Result<(), SpoolError> {
+    /// Commits `payloads` as new callbacks (`ids` ids in all, accepted at `accepted`),
+    /// fsync'd, in one transaction.
+    pub fn append(
+        &self,
+        payloads: &[&[u8]],
+        ids: u64,
+        accepted: &[DateTime<Utc>],
+    ) -> Result<(), SpoolError> {
         self.with_database(|db| {
             let first_key = self.counts.next_key.load(Ordering::Relaxed);
             let txn = db.begin_write().map_err(SpoolError::storage)?;
@@ -171,6 +184,9 @@ impl SpoolFile {
                 .store(first_key + appended, Ordering::Relaxed);
             self.counts.callbacks.fetch_add(appended, Ordering::Relaxed);
             self.counts.ids.fetch_add(ids, Ordering::Relaxed);
+            for at in accepted {
+                self.counts.accepted.add(*at);
+            }
             Ok(())
         })
     }
@@ -213,18 +229,25 @@ impl SpoolFile {
             txn.set_durability(Durability::None)
                 .map_err(|e| SpoolError::Storage(e.to_string()))?;
             let (mut removed, mut removed_ids) = (0u64, 0u64);
+            let mut removed_accepted = Vec::new();
             {
                 let mut table = txn.open_table(CALLBACKS).map_err(SpoolError::storage)?;
                 for key in keys {
                     if let Some(value) = table.remove(key).map_err(SpoolError::storage)? {
                         removed += 1;
-                        removed_ids += decode(value.value()).map_or(0, |m| count_ids(&m));
+                        if let Ok(messages) = decode(value.value()) {
+                            removed_ids += count_ids(&messages);
+                            removed_accepted.extend(accepted_at(&messages));
+                        }
                     }
                 }
             }
             txn.commit().map_err(SpoolError::storage)?;
             self.counts.callbacks.fetch_sub(removed, Ordering::Relaxed);
             self.counts.ids.fetch_sub(removed_ids, Ordering::Relaxed);
+            for at in removed_accepted {
+                self.counts.accepted.remove(at);
+            }
             Ok(())
         })
     }

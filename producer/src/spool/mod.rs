@@ -10,8 +10,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Utc};
 use lastseen::CheckMessage;
 use lastseen::contract::metric;
+use lastseen::progress::Unsettled;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use file::OpenBackend;
@@ -59,6 +61,7 @@ pub struct SpooledCallback {
 struct Append {
     payload: Vec<u8>,
     ids: u64,
+    accepted: Option<DateTime<Utc>>,
     done: oneshot::Sender<Result<(), SpoolError>>,
 }
 
@@ -135,7 +138,12 @@ impl Spool {
             .clone()
             .ok_or(SpoolError::Stopped)?;
         appends
-            .send(Append { payload, ids, done })
+            .send(Append {
+                payload,
+                ids,
+                accepted: accepted_at(messages),
+                done,
+            })
             .await
             .map_err(|_| SpoolError::Stopped)?;
         let result = result.await.unwrap_or(Err(SpoolError::Stopped));
@@ -227,6 +235,11 @@ impl Spool {
         self.file.counts.ids.load(Ordering::Relaxed)
     }
 
+    /// The `accepted_at` of every spooled callback (for the progress reports).
+    pub fn accepted(&self) -> Unsettled {
+        self.file.counts.accepted.clone()
+    }
+
     /// False when the last append failed or found the spool full.
     pub fn is_writable(&self) -> bool {
         !self.failing.load(Ordering::Relaxed)
@@ -246,7 +259,8 @@ fn write_appends(file: &SpoolFile, mut rx: mpsc::Receiver<Append>) {
         }
         let payloads: Vec<&[u8]> = group.iter().map(|a| a.payload.as_slice()).collect();
         let ids = group.iter().map(|a| a.ids).sum();
-        match file.append(&payloads, ids) {
+        let accepted: Vec<DateTime<Utc>> = group.iter().filter_map(|a| a.accepted).collect();
+        match file.append(&payloads, ids, &accepted) {
             Ok(()) => {
                 for append in group {
                     let _ = append.done.send(Ok(()));
@@ -273,6 +287,11 @@ async fn run_blocking<T: Send + 'static>(
 
 fn decode(payload: &[u8]) -> Result<Vec<CheckMessage>, SpoolError> {
     serde_json::from_slice(payload).map_err(|e| SpoolError::Corrupt(e.to_string()))
+}
+
+/// When a spooled callback was accepted: the oldest of its messages' times (they share one).
+fn accepted_at(messages: &[CheckMessage]) -> Option<DateTime<Utc>> {
+    messages.iter().map(|m| m.accepted_at).min()
 }
 
 fn count_ids(messages: &[CheckMessage]) -> u64 {
