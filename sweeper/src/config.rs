@@ -22,6 +22,11 @@ pub struct Config {
     #[arg(long, env = "SWEEP_BATCH", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub sweep_batch: u32,
 
+    /// Transactions a sweep runs at once, each expiring up to `SWEEP_BATCH` objects: a
+    /// mass expiry then uses more than one PostgreSQL core.
+    #[arg(long, env = "SWEEP_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub sweep_workers: u32,
+
     /// Longest expiry waits for work the pipeline holds (seconds): a producer whose spool
     /// is on a dead host, a backlog that never drains, an id retried this long. After
     /// it, expiry goes on (logged, counted, and in the `pipeline.lagging` notification).

@@ -22,8 +22,24 @@ pub const DIGEST_MAX_IDS: usize = 1_000;
 
 /// Expires every object due (its deadline before the watermark, and not held by an id
 /// waiting in a retry queue), in transactions of at most `batch` objects, each stamped
-/// with its own time. Returns how many were expired.
+/// with its own time, `workers` transactions at once (each locks its own rows and skips
+/// the others'): a mass expiry keeps PostgreSQL busy on more than one core while each
+/// worker builds its notifications. Returns how many were expired.
 pub async fn sweep(
+    pool: &PgPool,
+    batch: u32,
+    workers: u32,
+    watermark: &Watermark,
+    max_hold: Duration,
+) -> sqlx::Result<u64> {
+    let chains = (0..workers.max(1)).map(|_| sweep_chain(pool, batch, watermark, max_hold));
+    let expired = futures::future::try_join_all(chains).await?;
+    Ok(expired.into_iter().sum())
+}
+
+/// One worker of [`sweep`]: batches until one comes back short (nothing more is due, or
+/// the rest is locked by another worker or sweeper).
+async fn sweep_chain(
     pool: &PgPool,
     batch: u32,
     watermark: &Watermark,

@@ -138,7 +138,15 @@ impl Application {
             if let Err(err) = announcer.update(&pool, &watermark.judgement()).await {
                 tracing::warn!(error = %err, "cannot record whether expiry is held; will retry");
             }
-            match expiry::sweep(&pool, config.sweep_batch, &watermark, max_hold).await {
+            match expiry::sweep(
+                &pool,
+                config.sweep_batch,
+                config.sweep_workers,
+                &watermark,
+                max_hold,
+            )
+            .await
+            {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(expired = n, "objects expired");
