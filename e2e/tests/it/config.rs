@@ -188,6 +188,11 @@ mod sweeper {
     }
 
     #[test]
+    fn zero_sweep_workers_exits_2_naming_it() {
+        assert_bad_setting_is_refused(&binary("sweeper"), "SWEEP_WORKERS", "0");
+    }
+
+    #[test]
     fn a_notification_retention_under_a_minute_exits_2_naming_it() {
         assert_bad_setting_is_refused(&binary("sweeper"), "NOTIFICATION_RETENTION_SECS", "10");
     }

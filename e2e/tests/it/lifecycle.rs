@@ -179,8 +179,9 @@ async fn two_sweepers_expire_each_object_once_with_one_notification() -> anyhow:
     let due = Utc::now() + chrono::Duration::milliseconds(500);
     env.insert_objects(&(0..5000).collect::<Vec<i64>>(), due)
         .await?;
-    env.start_sweeper(&["--sweep-batch=200"])?;
-    env.start_sweeper(&["--sweep-batch=200"])?;
+    // Several transactions at once in each sweeper, too (`SWEEP_WORKERS`).
+    env.start_sweeper(&["--sweep-batch=200", "--sweep-workers=3"])?;
+    env.start_sweeper(&["--sweep-batch=200", "--sweep-workers=2"])?;
 
     let pool = env.pool.clone();
     let done = env
