@@ -29,7 +29,7 @@ pub(crate) mod logs;
 mod phases;
 pub(crate) mod queues;
 pub(crate) mod recovery;
-mod report;
+pub(crate) mod report;
 mod spool_disk;
 pub(crate) mod tools;
 pub(crate) mod verify;
@@ -39,7 +39,6 @@ mod work_queue;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
@@ -100,19 +99,7 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 pub async fn run(args: ChaosArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let started = Instant::now();
     tools::require_root()?;
-    let out = std::path::absolute(&args.out)
-        .with_context(|| format!("bad CHAOS_OUT {}", args.out.display()))?;
-    let logs = out.join("logs");
-    if logs.exists() {
-        std::fs::remove_dir_all(&logs)
-            .with_context(|| format!("cannot empty {}", logs.display()))?;
-    }
-    for dir in [&out, &logs] {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    for stale in ["result.md", "result.json"] {
-        let _ = std::fs::remove_file(out.join(stale));
-    }
+    let (out, logs) = tools::prepare_out(&args.out, "CHAOS_OUT")?;
 
     eprintln!("[chaos] preparing its own RabbitMQ node and PostgreSQL cluster");
     let broker = broker::BrokerNode::new(&out.join("rabbitmq"), &logs, args.amqp_port);
@@ -161,20 +148,12 @@ pub async fn run(args: ChaosArgs, shutdown: CancellationToken) -> anyhow::Result
     result.failures.extend(teardown_failures);
     result.judge();
     let md = report::write(&out, &result)?;
-    println!("{md}");
-    println!(
-        "report: {}/result.md, result.json; logs: {}",
-        out.display(),
-        logs.display()
-    );
-    if result.passed {
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "the chaos run FAILED: {}. Look at {}/result.json (lost ids, dead letters) and the logs in {} (every process, rabbitmq/, postgresql.log)",
-            result.failures.join("; "),
-            out.display(),
-            logs.display()
-        )
-    }
+    report::conclude(
+        "the chaos run",
+        &md,
+        (&out, &logs),
+        result.passed,
+        &result.failures,
+        "every process, rabbitmq/, postgresql.log",
+    )
 }

@@ -1,13 +1,12 @@
 //! One chaos run's phases, in order: the services and the pipeline's processes started,
 //! the load and the faults, the drain, and everything the verdict needs collected.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+
 use tokio_util::sync::CancellationToken;
 
 use super::broker::BrokerNode;
@@ -215,19 +214,7 @@ impl Setup<'_> {
             .collect();
         let mut dead = dead_letters::take_all(&amqp_url, &topology().dead_letter_queue).await?;
         dead.extend(removed);
-        let rows: HashMap<i64, DateTime<Utc>> =
-            sqlx::query_as::<_, (i64, DateTime<Utc>)>("SELECT id, last_seen FROM objects")
-                .fetch_all(&pool)
-                .await
-                .context("cannot read the objects table")?
-                .into_iter()
-                .collect();
-        let expiries: Vec<verify::Stretch> = sqlx::query_as(
-            "SELECT object_id, last_seen, expires_at, expired_at FROM object_expiries",
-        )
-        .fetch_all(&pool)
-        .await
-        .context("cannot read the object_expiries table")?;
+        let (rows, expiries) = verify::read_store(&pool).await?;
         let webhook = webhook::figures(&receiver, &pool).await?;
         let deadlines = match &planted {
             Some(planted) => Some(deadlines::verify(planted, &pool).await?),

@@ -392,3 +392,30 @@ const FOOTNOTES: &str = "
   every 500 ms) answered directly, not spooled, had its row in `objects`; it includes one
   status check of 50-500 ms, and its retries if the simulator failed or hung it.
 ";
+
+/// Prints a run's table and where its report and logs are; an error naming `what` and
+/// its `failures` unless it `passed`. `in_logs` says what the logs hold.
+pub fn conclude(
+    what: &str,
+    md: &str,
+    (out, logs): (&Path, &Path),
+    passed: bool,
+    failures: &[String],
+    in_logs: &str,
+) -> anyhow::Result<()> {
+    println!("{md}");
+    println!(
+        "report: {}/result.md, result.json; logs: {}",
+        out.display(),
+        logs.display()
+    );
+    if passed {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{what} FAILED: {}. Look at {}/result.json (lost ids, dead letters) and the logs in {} ({in_logs})",
+        failures.join("; "),
+        out.display(),
+        logs.display()
+    )
+}

@@ -121,3 +121,22 @@ pub fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
+
+/// The run's report directory (`arg`, made absolute; `setting` names it in errors) and
+/// its `logs/`, emptied, with the last run's `result.md` and `result.json` removed.
+pub fn prepare_out(arg: &std::path::Path, setting: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let out =
+        std::path::absolute(arg).with_context(|| format!("bad {setting} {}", arg.display()))?;
+    let logs = out.join("logs");
+    if logs.exists() {
+        std::fs::remove_dir_all(&logs)
+            .with_context(|| format!("cannot empty {}", logs.display()))?;
+    }
+    for dir in [&out, &logs] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    for stale in ["result.md", "result.json"] {
+        let _ = std::fs::remove_file(out.join(stale));
+    }
+    Ok((out, logs))
+}

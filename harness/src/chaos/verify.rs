@@ -42,6 +42,26 @@ pub struct Stretch {
     pub expired_at: DateTime<Utc>,
 }
 
+/// What the store holds at the end of a run: each object's `last_seen`, and every
+/// expired stretch.
+pub async fn read_store(
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<(HashMap<i64, DateTime<Utc>>, Vec<Stretch>)> {
+    use anyhow::Context;
+    let rows = sqlx::query_as::<_, (i64, DateTime<Utc>)>("SELECT id, last_seen FROM objects")
+        .fetch_all(pool)
+        .await
+        .context("cannot read the objects table")?
+        .into_iter()
+        .collect();
+    let expiries =
+        sqlx::query_as("SELECT object_id, last_seen, expires_at, expired_at FROM object_expiries")
+            .fetch_all(pool)
+            .await
+            .context("cannot read the object_expiries table")?;
+    Ok((rows, expiries))
+}
+
 /// A false expiry: the stretch, and the accepted callback it did not wait for.
 #[derive(Debug, Clone, Serialize)]
 pub struct FalseExpiry {

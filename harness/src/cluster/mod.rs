@@ -166,19 +166,7 @@ pub async fn run(args: ClusterArgs, shutdown: CancellationToken) -> anyhow::Resu
     let started = Instant::now();
     tools::require_root()?;
     require_tools()?;
-    let out = std::path::absolute(&args.out)
-        .with_context(|| format!("bad CLUSTER_OUT {}", args.out.display()))?;
-    let logs = out.join("logs");
-    if logs.exists() {
-        std::fs::remove_dir_all(&logs)
-            .with_context(|| format!("cannot empty {}", logs.display()))?;
-    }
-    for dir in [&out, &logs] {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    for stale in ["result.md", "result.json"] {
-        let _ = std::fs::remove_file(out.join(stale));
-    }
+    let (out, logs) = tools::prepare_out(&args.out, "CLUSTER_OUT")?;
 
     let (network, nodes) = hosts(&args, &out, &logs);
     let mut pipeline = Supervisor::new(&args.bin, &logs);
@@ -212,20 +200,12 @@ pub async fn run(args: ClusterArgs, shutdown: CancellationToken) -> anyhow::Resu
     result.run_secs = started.elapsed().as_secs_f64();
     result.judge();
     let md = report::write(&out, &result)?;
-    println!("{md}");
-    println!(
-        "report: {}/result.md, result.json; logs: {}",
-        out.display(),
-        logs.display()
-    );
-    if result.passed {
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "the cluster scenario FAILED: {}. See {}/result.json and the logs in {}",
-            result.failures.join("; "),
-            out.display(),
-            logs.display()
-        )
-    }
+    crate::chaos::report::conclude(
+        "the cluster scenario",
+        &md,
+        (&out, &logs),
+        result.passed,
+        &result.failures,
+        "every process and node",
+    )
 }

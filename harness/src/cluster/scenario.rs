@@ -1,13 +1,12 @@
 //! The cluster scenario's phases, in order: the cluster formed, the pipeline started on
 //! it, the load and the three faults, the drain, and what the verdict needs collected.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -148,19 +147,7 @@ impl Setup<'_> {
 
         let dead =
             dead_letters::take_all(&self.nodes_from(0), &format!("{PREFIX}.checks.dead")).await?;
-        let rows: HashMap<i64, DateTime<Utc>> =
-            sqlx::query_as::<_, (i64, DateTime<Utc>)>("SELECT id, last_seen FROM objects")
-                .fetch_all(&pool)
-                .await
-                .context("cannot read the objects table")?
-                .into_iter()
-                .collect();
-        let expiries: Vec<verify::Stretch> = sqlx::query_as(
-            "SELECT object_id, last_seen, expires_at, expired_at FROM object_expiries",
-        )
-        .fetch_all(&pool)
-        .await
-        .context("cannot read the object_expiries table")?;
+        let (rows, expiries) = verify::read_store(&pool).await?;
         let (notifications, published): (i64, i64) =
             sqlx::query_as("SELECT count(*), count(published_at) FROM notifications")
                 .fetch_one(&pool)
