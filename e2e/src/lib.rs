@@ -469,19 +469,7 @@ impl TestEnv {
 
     /// Retry queues this test's consumers may have declared (found by listing them).
     async fn retry_queue_names(&self) -> Vec<String> {
-        let output = tokio::process::Command::new("rabbitmqctl")
-            .args(["list_queues", "name", "--quiet", "--no-table-headers"])
-            .output()
-            .await;
-        let Ok(output) = output else {
-            return Vec::new();
-        };
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|q| q.starts_with(&format!("{}.checks.retry.", self.prefix)))
-            .map(str::to_owned)
-            .collect()
+        harness::broker_admin::local_queue_names(&format!("{}.checks.retry.", self.prefix)).await
     }
 }
 

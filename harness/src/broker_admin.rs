@@ -174,3 +174,21 @@ impl BrokerAdmin {
         }
     }
 }
+
+/// Names of the local node's queues that start with `prefix`, from `rabbitmqctl
+/// list_queues` (for cleaning up after a run); empty when it cannot run.
+pub async fn local_queue_names(prefix: &str) -> Vec<String> {
+    let output = tokio::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "--quiet", "--no-table-headers"])
+        .output()
+        .await;
+    let Ok(output) = output else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|q| q.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}

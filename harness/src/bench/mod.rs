@@ -201,19 +201,10 @@ async fn delete_queues(amqp_url: &str) {
         return;
     };
     if let Ok(channel) = conn.create_channel().await {
-        let output = tokio::process::Command::new("rabbitmqctl")
-            .args(["list_queues", "name", "--quiet", "--no-table-headers"])
-            .output()
-            .await;
-        if let Ok(output) = output {
-            for q in String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .map(str::trim)
-            {
-                if q.starts_with(&format!("{PREFIX}.")) {
-                    let _ = channel.queue_delete(q.into(), Default::default()).await;
-                }
-            }
+        for q in crate::broker_admin::local_queue_names(&format!("{PREFIX}.")).await {
+            let _ = channel
+                .queue_delete(q.as_str().into(), Default::default())
+                .await;
         }
     }
     let _ = conn.close(200, "done".into()).await;
