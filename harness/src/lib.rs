@@ -7,6 +7,7 @@ pub mod bench;
 pub mod broker_admin;
 pub mod chaos;
 pub mod cluster;
+pub mod database;
 pub mod expiry_bench;
 pub mod load;
 pub mod process;

@@ -135,7 +135,7 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
 }
 
 async fn measure_raw(args: &BenchArgs) -> anyhow::Result<raw::RawRates> {
-    let pool = prepare_database(&args.database_url).await?;
+    let pool = crate::database::fresh(&args.database_url, "BENCH_DATABASE_URL").await?;
     let (publish, consume, message_bytes) = raw::rabbitmq(
         &args.amqp_url,
         &format!("{PREFIX}.raw"),
@@ -174,28 +174,6 @@ async fn measure_raw(args: &BenchArgs) -> anyhow::Result<raw::RawRates> {
     })
 }
 
-/// Drops and re-creates the benchmark database, migrated.
-async fn prepare_database(url: &str) -> anyhow::Result<sqlx::PgPool> {
-    let (server, name) = url
-        .rsplit_once('/')
-        .context("BENCH_DATABASE_URL has no database name")?;
-    let admin = sqlx::PgPool::connect(&format!("{server}/postgres")).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await?;
-    admin.close().await;
-    let args = lastseen::config::DatabaseArgs {
-        database_url: url.to_owned(),
-        database_max_connections: 4,
-    };
-    Ok(
-        lastseen::db::connect_and_migrate(&args, &Default::default(), &CancellationToken::new())
-            .await?,
-    )
-}
-
 async fn delete_queues(amqp_url: &str) {
     let Ok(conn) = lastseen::amqp::connect(&amqp_url.into(), "bench-cleanup").await else {
         return;
@@ -219,7 +197,7 @@ async fn run_once(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<RunResult> {
     delete_queues(&args.amqp_url).await;
-    let pool = prepare_database(&args.database_url).await?;
+    let pool = crate::database::fresh(&args.database_url, "BENCH_DATABASE_URL").await?;
     let logs = args.out.join("logs");
     // Each run starts with an empty spool: leftovers of an aborted run would skew it.
     let spool = args.out.join("spool").join("producer.redb");

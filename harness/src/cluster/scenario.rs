@@ -65,7 +65,7 @@ impl Setup<'_> {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<ClusterResult> {
         node::form(self.nodes).await?;
-        let pool = self.fresh_database().await?;
+        let pool = crate::database::fresh(&self.args.database_url, "CLUSTER_DATABASE_URL").await?;
         self.start_processes(pipeline).await?;
         // The last node's management API watches the queues (it is the last to restart).
         let watcher = &self.nodes[NODES - 1];
@@ -191,39 +191,6 @@ impl Setup<'_> {
             .json()
             .await?;
         Ok(info["members"].as_array().map_or(0, Vec::len))
-    }
-
-    /// Drops and creates the run's database; the processes migrate it at their start.
-    async fn fresh_database(&self) -> anyhow::Result<PgPool> {
-        let url = reqwest::Url::parse(&self.args.database_url).context("CLUSTER_DATABASE_URL")?;
-        let name = url.path().trim_start_matches('/').to_owned();
-        anyhow::ensure!(
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-            "CLUSTER_DATABASE_URL must name a database of letters, digits and _"
-        );
-        let mut admin_url = url.clone();
-        admin_url.set_path("/postgres");
-        let admin = PgPool::connect(admin_url.as_str())
-            .await
-            .context("cannot connect to PostgreSQL (CLUSTER_DATABASE_URL)")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await?;
-        admin.close().await;
-        let args = lastseen::config::DatabaseArgs {
-            database_url: self.args.database_url.clone(),
-            database_max_connections: 4,
-        };
-        Ok(
-            lastseen::db::connect_and_migrate(
-                &args,
-                &Default::default(),
-                &CancellationToken::new(),
-            )
-            .await?,
-        )
     }
 
     /// Starts the status simulator, both producers, both consumers and both sweepers,
