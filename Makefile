@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECS ?= 60
 
-.PHONY: run test unit services build build-harness lint latency run-check compose-check ci bench chaos cluster-chaos cluster-bench fuzz api-fuzz retry-check expiry-bench expiry-hold-check fresh-check memory-check
+.PHONY: run test unit services build build-harness lint latency run-check compose-check ci bench chaos cluster-chaos cluster-bench pg-failover fuzz api-fuzz retry-check expiry-bench expiry-hold-check fresh-check memory-check
 
 ## run: install/start PostgreSQL and RabbitMQ if needed, build, start the whole pipeline
 run: services build
@@ -84,6 +84,10 @@ chaos: services build-harness
 ## cluster-chaos: a 3-node RabbitMQ cluster (own namespaces): node killed, cut off, rolling restart; 0 lost ids (CLUSTER_RUNS=n)
 cluster-chaos: services build-harness
 	@scripts/chaos.sh cluster-chaos
+
+## pg-failover: a 2-node PostgreSQL cluster (Patroni, etcd, HAProxy; synchronous): the primary killed -9 under load, twice; 0 lost ids (PG_FAILOVER_RUNS=n)
+pg-failover: services build-harness
+	@scripts/chaos.sh pg-failover
 
 ## cluster-bench: ids/s and CPU per id with 1, 2 and 3 consumers against a 3-node RabbitMQ cluster (as root)
 cluster-bench: services build-harness

@@ -12,14 +12,45 @@
 # `scripts/chaos.sh cluster-chaos` (`make cluster-chaos`) runs the cluster scenario the
 # same way: CLUSTER_RUNS times, reports in target/cluster-chaos/runs/<n>/ (settings:
 # `target/release/harness cluster-chaos --help`).
+#
+# `scripts/chaos.sh pg-failover` (`make pg-failover`) runs the PostgreSQL failover
+# scenario: PG_FAILOVER_RUNS times, reports in target/pg-failover/runs/<n>/ (settings:
+# `target/release/harness pg-failover --help`). It first installs Patroni, etcd and
+# HAProxy from the distribution's packages when missing; on a systemd machine the etcd
+# and haproxy services the packages start are stopped and disabled again (the scenario
+# runs its own, on its own ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=chaos
+
+# Installs the failover scenario's tools when missing (as root).
+failover_tools() {
+  local missing=()
+  command -v patroni >/dev/null 2>&1 || missing+=(patroni)
+  command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "[pg-failover] installing ${missing[*]} from the distribution's packages (apt-get)"
+  apt-get update -qq || echo "[pg-failover] apt-get update failed; installing from the package lists at hand"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ -d /run/systemd/system ]; then
+    for unit in etcd haproxy; do
+      systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    done
+  fi
+}
+
 if [ "${1:-}" = cluster-chaos ]; then
   SCENARIO=cluster-chaos
   shift
   RUNS=${CLUSTER_RUNS:-1}
   OUT=${CLUSTER_OUT:-target/cluster-chaos}
+elif [ "${1:-}" = pg-failover ]; then
+  SCENARIO=pg-failover
+  shift
+  RUNS=${PG_FAILOVER_RUNS:-1}
+  OUT=${PG_FAILOVER_OUT:-target/pg-failover}
+  failover_tools
 else
   RUNS=${CHAOS_RUNS:-1}
   OUT=${CHAOS_OUT:-target/chaos}

@@ -192,3 +192,19 @@ pub async fn local_queue_names(prefix: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// Deletes the local node's queues named `{prefix}.…` (a run's own), over `amqp_url`;
+/// best effort, for cleaning up after a run.
+pub async fn delete_local_queues(amqp_url: &str, prefix: &str) {
+    let Ok(conn) = lastseen::amqp::connect(&amqp_url.into(), "harness-cleanup").await else {
+        return;
+    };
+    if let Ok(channel) = conn.create_channel().await {
+        for q in local_queue_names(&format!("{prefix}.")).await {
+            let _ = channel
+                .queue_delete(q.as_str().into(), Default::default())
+                .await;
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+}

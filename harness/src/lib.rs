@@ -9,5 +9,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod database;
 pub mod expiry_bench;
+pub mod failover;
 pub mod load;
+pub mod pipeline;
 pub mod process;

@@ -1,4 +1,5 @@
-//! The harness binary: `bench`, `chaos`, `expiry-bench` and `load` (see the Makefile).
+//! The harness binary: `bench`, `chaos`, `cluster-chaos`, `cluster-up`, `pg-failover`,
+//! `expiry-bench` and `load` (see the Makefile).
 
 use std::process::ExitCode;
 
@@ -33,6 +34,10 @@ enum Command {
     /// Form the same three-node cluster and keep it until SIGTERM (see
     /// `make cluster-bench`).
     ClusterUp(harness::cluster::ClusterArgs),
+    /// The pipeline on a two-node PostgreSQL cluster (Patroni, etcd, HAProxy): the
+    /// primary killed under load, twice; verify nothing accepted was lost and expiry
+    /// resumed (see `make pg-failover`).
+    PgFailover(harness::failover::FailoverArgs),
 }
 
 #[tokio::main]
@@ -45,6 +50,7 @@ async fn main() -> ExitCode {
         Command::Chaos(args) => harness::chaos::run(args, shutdown).await,
         Command::ClusterChaos(args) => harness::cluster::run(args, shutdown).await,
         Command::ClusterUp(args) => harness::cluster::up(args, shutdown).await,
+        Command::PgFailover(args) => harness::failover::run(args, shutdown).await,
         Command::ExpiryBench(args) => harness::expiry_bench::run(args).await,
         Command::Load(args) => harness::load::run(args, shutdown).await.map(|report| {
             println!("{report}");

@@ -23,6 +23,8 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// Where it runs (and so which `.env` it reads); this process's folder if `None`.
     pub dir: Option<PathBuf>,
+    /// The user and group (uid, gid) it runs as; this process's if `None`.
+    pub user: Option<(u32, u32)>,
 }
 
 impl Spec {
@@ -32,6 +34,7 @@ impl Spec {
             args: Vec::new(),
             env: Vec::new(),
             dir: None,
+            user: None,
         }
     }
 
@@ -51,6 +54,13 @@ impl Spec {
     /// Runs it in `dir`, e.g. a folder without `.env`, so it reads only what it is given.
     pub fn in_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// Runs it as user `uid`, group `gid` (needs root), e.g. PostgreSQL's tools, which
+    /// refuse to run as root.
+    pub fn as_user(mut self, uid: u32, gid: u32) -> Self {
+        self.user = Some((uid, gid));
         self
     }
 }
@@ -117,6 +127,9 @@ impl Process {
             .kill_on_drop(true);
         if let Some(dir) = &self.spec.dir {
             command.current_dir(dir);
+        }
+        if let Some((uid, gid)) = self.spec.user {
+            command.uid(uid).gid(gid);
         }
         let child = command.spawn().with_context(|| {
             format!(

@@ -174,20 +174,6 @@ async fn measure_raw(args: &BenchArgs) -> anyhow::Result<raw::RawRates> {
     })
 }
 
-async fn delete_queues(amqp_url: &str) {
-    let Ok(conn) = lastseen::amqp::connect(&amqp_url.into(), "bench-cleanup").await else {
-        return;
-    };
-    if let Ok(channel) = conn.create_channel().await {
-        for q in crate::broker_admin::local_queue_names(&format!("{PREFIX}.")).await {
-            let _ = channel
-                .queue_delete(q.as_str().into(), Default::default())
-                .await;
-        }
-    }
-    let _ = conn.close(200, "done".into()).await;
-}
-
 /// One run at `rate` ids/s: fresh database and queues, the pipeline's processes, the
 /// load, the observation until the backlog drained, and the figures.
 async fn run_once(
@@ -196,7 +182,7 @@ async fn run_once(
     raw: Option<raw::RawRates>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<RunResult> {
-    delete_queues(&args.amqp_url).await;
+    crate::broker_admin::delete_local_queues(&args.amqp_url, PREFIX).await;
     let pool = crate::database::fresh(&args.database_url, "BENCH_DATABASE_URL").await?;
     let logs = args.out.join("logs");
     // Each run starts with an empty spool: leftovers of an aborted run would skew it.
@@ -314,7 +300,7 @@ async fn run_once(
     let observed = observing.await.context("the observer panicked")??;
     pipeline.stop_all(Duration::from_secs(15)).await;
     pool.close().await;
-    delete_queues(&args.amqp_url).await;
+    crate::broker_admin::delete_local_queues(&args.amqp_url, PREFIX).await;
     Ok(report::summarize(
         args, rate, &counters, outcome, observed, raw,
     ))

@@ -20,8 +20,8 @@
 pub mod broker;
 mod database;
 pub(crate) mod dead_letters;
-mod deadlines;
-mod faults;
+pub(crate) mod deadlines;
+pub(crate) mod faults;
 mod fleet;
 pub(crate) mod ground_truth;
 pub(crate) mod load;

@@ -8,18 +8,17 @@ use tokio_util::sync::CancellationToken;
 use super::node::{self, ClusterNode};
 use super::report::{FaultRecord, Window};
 use super::scenario::Setup;
-use crate::chaos::ground_truth::GroundTruth;
 use crate::chaos::recovery::Prober;
+use crate::pipeline::{Load, secs};
 
 impl Setup<'_> {
     /// The three faults, each followed by its recovery and a settle time.
     pub(super) async fn faults(
         &self,
-        prober: &Prober,
-        truth: &GroundTruth,
-        load_started: Instant,
+        load: &Load,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Vec<FaultRecord>> {
+        let (prober, truth) = (&load.prober, &load.truth);
         let settle = Duration::from_secs(self.args.settle_secs);
         let mut records = Vec::new();
         for fault in ["kill", "cut", "rolling"] {
@@ -27,7 +26,7 @@ impl Setup<'_> {
                 anyhow::bail!("interrupted");
             }
             let before = truth.counts();
-            let at = load_started.elapsed().as_secs_f64();
+            let at = load.at();
             let began = Instant::now();
             let (name, during) = match fault {
                 "kill" => {
@@ -145,10 +144,6 @@ async fn measure_within(prober: &Prober, deadline: Instant) -> Option<Duration> 
         .await
         .ok()
         .flatten()
-}
-
-fn secs(value: Option<f64>) -> String {
-    value.map_or("never".to_owned(), |s| format!("{s:.1} s"))
 }
 
 async fn sleep_until(deadline: Instant) {

@@ -20,7 +20,7 @@
 mod faults;
 mod network;
 mod node;
-mod report;
+pub(crate) mod report;
 mod scenario;
 
 use std::path::PathBuf;
@@ -184,7 +184,7 @@ pub async fn run(args: ClusterArgs, shutdown: CancellationToken) -> anyhow::Resu
     .await;
 
     // Teardown, whatever happened.
-    pipeline.stop_all(scenario::STOP_GRACE).await;
+    pipeline.stop_all(crate::pipeline::STOP_GRACE).await;
     for node in &nodes {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(30), node.shutdown()).await;
     }

@@ -8,9 +8,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::chaos::ground_truth::CallbackCounts;
-use crate::chaos::logs::LogFigures;
-use crate::chaos::verify::Verdict;
-use crate::process::UnexpectedExit;
+use crate::pipeline::{Outcome, secs};
 
 /// The callbacks answered between two moments.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -61,53 +59,14 @@ pub struct ClusterResult {
     /// Nodes holding a replica of the work queue (quorum members).
     pub work_queue_replicas: usize,
     pub faults: Vec<FaultRecord>,
-    pub callbacks: CallbackCounts,
-    pub probe_callbacks: u64,
-    pub verdict: Verdict,
-    pub notifications: u64,
-    pub notifications_published: u64,
-    pub drained_after_secs: Option<f64>,
-    pub logs: LogFigures,
-    pub unexpected_exits: Vec<UnexpectedExit>,
-    pub logs_dir: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
 }
 
 impl ClusterResult {
     /// Sets `passed` and lists every check that failed.
     pub fn judge(&mut self) {
-        let mut failures = Vec::new();
-        let v = &self.verdict;
-        if v.ids_lost > 0 {
-            failures.push(format!("{} accepted ids lost", v.ids_lost));
-        }
-        if v.offline_rows + v.unexpected_rows > 0 {
-            failures.push(format!(
-                "{} rows of offline ids, {} of ids never sent",
-                v.offline_rows, v.unexpected_rows
-            ));
-        }
-        if v.dead_letters_unaccounted > 0 {
-            failures.push(format!(
-                "{} dead letters unaccounted for",
-                v.dead_letters_unaccounted
-            ));
-        }
-        if self.callbacks.refused + self.callbacks.no_answer > 0 {
-            failures.push(format!(
-                "callbacks not answered 2xx: {} refused, {} unanswered (1 s)",
-                self.callbacks.refused, self.callbacks.no_answer
-            ));
-        }
-        if self.notifications_published < self.notifications {
-            failures.push(format!(
-                "{} of {} notifications never published",
-                self.notifications - self.notifications_published,
-                self.notifications
-            ));
-        }
-        if self.drained_after_secs.is_none() {
-            failures.push("the work and retry queues did not drain".into());
-        }
+        let mut failures = self.outcome.failures();
         if self.work_queue_replicas != super::NODES {
             failures.push(format!(
                 "the work queue has {} replicas, not {}",
@@ -119,12 +78,6 @@ impl ClusterResult {
             if fault.recovered_after_secs.is_none() {
                 failures.push(format!("no recovery after {}", fault.fault));
             }
-        }
-        if !self.unexpected_exits.is_empty() {
-            failures.push(format!(
-                "{} processes exited unexpectedly",
-                self.unexpected_exits.len()
-            ));
         }
         self.passed = failures.is_empty();
         self.failures = failures;
@@ -138,10 +91,6 @@ pub fn write(out: &Path, result: &ClusterResult) -> anyhow::Result<String> {
     let md = markdown(result);
     std::fs::write(out.join("result.md"), &md).context("cannot write result.md")?;
     Ok(md)
-}
-
-fn secs(value: Option<f64>) -> String {
-    value.map_or("never".to_owned(), |s| format!("{s:.1} s"))
 }
 
 /// The report as a markdown table.
@@ -177,43 +126,8 @@ pub fn markdown(r: &ClusterResult) -> String {
             f.callbacks.unanswered
         );
     }
-    let c = &r.callbacks;
-    let v = &r.verdict;
     let _ = writeln!(md);
-    let _ = writeln!(md, "| figure | value |");
-    let _ = writeln!(md, "|---|---|");
-    let rows = [
-        ("callbacks sent (load)", c.sent.to_string()),
-        (
-            "answered 2xx direct / spooled",
-            format!("{} / {}", c.accepted_direct, c.accepted_spooled),
-        ),
-        (
-            "refused / unanswered",
-            format!("{} / {}", c.refused, c.no_answer),
-        ),
-        ("recovery probes", r.probe_callbacks.to_string()),
-        (
-            "distinct ids accepted (online)",
-            format!("{} ({})", v.ids_accepted, v.online_ids_accepted),
-        ),
-        ("online ids stored", v.ids_stored.to_string()),
-        ("dead-lettered ids", v.ids_dead_lettered.to_string()),
-        ("**lost ids**", format!("**{}**", v.ids_lost)),
-        (
-            "notifications published",
-            format!("{} of {}", r.notifications_published, r.notifications),
-        ),
-        ("queues drained after load", secs(r.drained_after_secs)),
-        (
-            "ERROR lines in logs",
-            r.logs.errors.values().sum::<u64>().to_string(),
-        ),
-        ("unexpected exits", r.unexpected_exits.len().to_string()),
-    ];
-    for (name, value) in rows {
-        let _ = writeln!(md, "| {name} | {value} |");
-    }
+    r.outcome.figures(&mut md);
     if !r.failures.is_empty() {
         let _ = writeln!(md, "\nFailures: {}", r.failures.join("; "));
     }
