@@ -43,8 +43,12 @@ pub mod metric {
     pub const IDS_STORED_TOTAL: &str = "lastseen_ids_stored_total";
     /// Outbox rows not yet published. Sweeper.
     pub const NOTIFICATIONS_PENDING: &str = "lastseen_notifications_pending";
-    /// Done outbox rows deleted by retention. Sweeper.
+    /// Done outbox rows deleted by retention from the default partition (rows of days
+    /// with no partition of their own). Sweeper.
     pub const NOTIFICATIONS_PRUNED_TOTAL: &str = "lastseen_notifications_pruned_total";
+    /// Day partitions of the outbox dropped past `NOTIFICATION_RETENTION_SECS`. Sweeper.
+    pub const NOTIFICATION_PARTITIONS_DROPPED_TOTAL: &str =
+        "lastseen_notification_partitions_dropped_total";
     /// Day partitions of `object_expiries` dropped past `HISTORY_RETENTION_DAYS`. Sweeper.
     pub const HISTORY_PARTITIONS_DROPPED_TOTAL: &str = "lastseen_history_partitions_dropped_total";
     /// Outbox rows published with confirms. Sweeper.

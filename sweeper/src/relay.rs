@@ -147,11 +147,10 @@ impl Relay {
             );
         }
         try_join_all(confirms).await?;
-        let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
-        notifications::mark_published(&mut tx, &ids, self.webhook).await?;
+        notifications::mark_published(&mut tx, &pending, self.webhook).await?;
         tx.commit().await?;
-        metrics::counter!(metric::NOTIFICATIONS_PUBLISHED_TOTAL).increment(ids.len() as u64);
-        Ok(ids.len() as u64)
+        metrics::counter!(metric::NOTIFICATIONS_PUBLISHED_TOTAL).increment(pending.len() as u64);
+        Ok(pending.len() as u64)
     }
 
     /// Closes its channel; the session is closed by its owner once every user of it

@@ -1,11 +1,14 @@
-//! Retention: deletes notifications that are done once they are older than
-//! `NOTIFICATION_RETENTION_SECS`, so the outbox stays the size of its recent past,
-//! per-object expiry holds past `MAX_EXPIRY_HOLD_SECS`, and whole days of expiry history
-//! past `HISTORY_RETENTION_DAYS` when set (the partitions it also makes a week ahead).
+//! Retention: keeps the outbox and the expiry history the size of their recent past.
+//! Both are partitioned by day; the partitions of today and the week ahead are made
+//! here. A day of notifications is dropped whole once all of it is older than
+//! `NOTIFICATION_RETENTION_SECS` and every notification in it is done; a day of history
+//! once it is older than `HISTORY_RETENTION_DAYS` (when set). Per-object expiry holds
+//! past `MAX_EXPIRY_HOLD_SECS` are deleted.
 
 use lastseen::contract::metric;
 use std::time::Duration;
 
+use lastseen::store::day_partitions::{DayPartitioned, NOTIFICATIONS, OBJECT_EXPIRIES};
 use lastseen::store::{history, holds, notifications};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -13,10 +16,7 @@ use tokio_util::sync::CancellationToken;
 /// How often old notifications are looked for (the first time right at start).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Rows looked at per statement, so a large backlog never makes one long transaction.
-const PRUNE_BATCH: i64 = 10_000;
-
-/// Days of history partitions made ahead of today.
+/// Days of partitions made ahead of today.
 const PARTITIONS_AHEAD_DAYS: u64 = 7;
 
 /// How long each kind of record is kept.
@@ -37,6 +37,7 @@ pub async fn run(pool: PgPool, keep: Retention, shutdown: CancellationToken) {
         max_hold,
     } = keep;
     while !shutdown.is_cancelled() {
+        make_partitions(&pool).await;
         prune_history(&pool, keep_history).await;
         let floor = chrono::Utc::now()
             - chrono::Duration::from_std(max_hold).unwrap_or(chrono::Duration::MAX);
@@ -45,13 +46,7 @@ pub async fn run(pool: PgPool, keep: Retention, shutdown: CancellationToken) {
             Ok(n) => tracing::info!(deleted = n, "expiry holds past MAX_EXPIRY_HOLD_SECS pruned"),
             Err(err) => tracing::warn!(error = %err, "pruning old expiry holds failed; will retry"),
         }
-        match prune(&pool, retention, &shutdown).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, ?retention, "old notifications pruned"),
-            Err(err) => {
-                tracing::warn!(error = %err, "pruning old notifications failed; will retry")
-            }
-        }
+        prune_outbox(&pool, retention).await;
         tokio::select! {
             () = tokio::time::sleep(PRUNE_EVERY) => {}
             () = shutdown.cancelled() => {}
@@ -59,20 +54,28 @@ pub async fn run(pool: PgPool, keep: Retention, shutdown: CancellationToken) {
     }
 }
 
-/// Makes the history partitions of today and the week ahead, and drops those past
-/// `keep` (if history is not kept forever).
-async fn prune_history(pool: &PgPool, keep: Option<Duration>) {
-    let now = chrono::Utc::now();
-    if let Err(err) =
-        history::ensure_partitions(pool, now.date_naive(), PARTITIONS_AHEAD_DAYS + 1).await
-    {
-        tracing::warn!(error = %err, "cannot make the coming days' history partitions; will retry");
+/// Makes the partitions of today and the week ahead of the outbox and the history.
+async fn make_partitions(pool: &PgPool) {
+    let today = chrono::Utc::now().date_naive();
+    for table in [OBJECT_EXPIRIES, NOTIFICATIONS] {
+        let DayPartitioned { table: name, .. } = table;
+        if let Err(err) = table.ensure(pool, today, PARTITIONS_AHEAD_DAYS + 1).await {
+            tracing::warn!(error = %err, table = name, "cannot make the coming days' partitions; will retry");
+        }
     }
-    let Some(keep) = keep else { return };
-    let cutoff = now
+}
+
+/// The moment `keep` before now.
+fn cutoff(keep: Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
         .checked_sub_signed(chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX))
-        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-    match history::drop_before(pool, cutoff).await {
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+}
+
+/// Drops the days of history past `keep` (if history is not kept forever).
+async fn prune_history(pool: &PgPool, keep: Option<Duration>) {
+    let Some(keep) = keep else { return };
+    match history::drop_before(pool, cutoff(keep)).await {
         Ok((0, 0)) => {}
         Ok((partitions, rows)) => {
             metrics::counter!(metric::HISTORY_PARTITIONS_DROPPED_TOTAL).increment(partitions);
@@ -87,27 +90,31 @@ async fn prune_history(pool: &PgPool, keep: Option<Duration>) {
     }
 }
 
-/// Deletes, step by step from the oldest row, every done notification older than
-/// `retention`.
-async fn prune(
-    pool: &PgPool,
-    retention: Duration,
-    shutdown: &CancellationToken,
-) -> sqlx::Result<u64> {
-    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-    let cutoff = chrono::Utc::now()
-        .checked_sub_signed(retention)
-        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-    let mut total = 0;
-    let mut after = 0;
-    while !shutdown.is_cancelled() {
-        let step = notifications::prune_step(pool, cutoff, after, PRUNE_BATCH).await?;
-        metrics::counter!(metric::NOTIFICATIONS_PRUNED_TOTAL).increment(step.deleted);
-        total += step.deleted;
-        match step.next {
-            Some(next) => after = next,
-            None => break,
+/// Drops the days of the outbox past `retention` whose notifications are all done.
+async fn prune_outbox(pool: &PgPool, retention: Duration) {
+    match notifications::drop_before(pool, cutoff(retention)).await {
+        Ok(notifications::Pruned {
+            partitions: 0,
+            kept: 0,
+            default_rows: 0,
+        }) => {}
+        Ok(pruned) => {
+            metrics::counter!(metric::NOTIFICATION_PARTITIONS_DROPPED_TOTAL)
+                .increment(pruned.partitions);
+            metrics::counter!(metric::NOTIFICATIONS_PRUNED_TOTAL).increment(pruned.default_rows);
+            if pruned.kept > 0 {
+                tracing::warn!(
+                    kept = pruned.kept,
+                    "days of the outbox past NOTIFICATION_RETENTION_SECS kept: they hold notifications not yet published or owed to the webhook"
+                );
+            }
+            tracing::info!(
+                partitions = pruned.partitions,
+                default_rows = pruned.default_rows,
+                ?retention,
+                "outbox days past NOTIFICATION_RETENTION_SECS dropped"
+            );
         }
+        Err(err) => tracing::warn!(error = %err, "dropping old outbox days failed; will retry"),
     }
-    Ok(total)
 }

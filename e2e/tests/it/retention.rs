@@ -1,12 +1,16 @@
-//! Outbox retention: notifications that are done (published, and delivered, failed or
-//! skipped by the webhook) are deleted once older than NOTIFICATION_RETENTION_SECS; those
-//! still owed to RabbitMQ or to the webhook are kept whatever their age.
+//! Retention by day partitions. The outbox: a day of notifications is dropped whole once
+//! all of it is older than NOTIFICATION_RETENTION_SECS and every notification in it is
+//! done (published, and delivered, failed or skipped by the webhook); a day holding one
+//! still owed to RabbitMQ or to the webhook is kept whole, whatever its age. The expiry
+//! history: a day is dropped once older than HISTORY_RETENTION_DAYS, and the views still
+//! answer.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use e2e::{Status, TestEnv};
+use lastseen::store::day_partitions::{NOTIFICATIONS, OBJECT_EXPIRIES};
 use lastseen::store::notifications;
 
 /// Inserts one notification created at `created_at`, published then (or never), with
@@ -36,60 +40,96 @@ async fn ids(env: &TestEnv) -> anyhow::Result<BTreeSet<i64>> {
     Ok(ids.into_iter().collect())
 }
 
+/// Whether table `name` exists.
+async fn exists(env: &TestEnv, name: &str) -> anyhow::Result<bool> {
+    let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(name)
+        .fetch_one(&env.pool)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// Noon (UTC) of the day `days` before today, and that day.
+fn days_ago(days: i64) -> (DateTime<Utc>, NaiveDate) {
+    let day = (Utc::now() - chrono::Duration::days(days)).date_naive();
+    (day.and_hms_opt(12, 0, 0).unwrap().and_utc(), day)
+}
+
 #[tokio::test]
-async fn only_done_notifications_older_than_the_cutoff_are_pruned() -> anyhow::Result<()> {
+async fn an_old_day_of_the_outbox_is_dropped_only_once_every_notification_in_it_is_done()
+-> anyhow::Result<()> {
     let env = TestEnv::start(Status::default()).await?;
-    let now = Utc::now();
-    let old = now - chrono::Duration::hours(2);
-    let mut done_old = BTreeSet::new();
+    let (all_done_at, all_done_day) = days_ago(3);
+    let (owing_at, owing_day) = days_ago(2);
+    NOTIFICATIONS.ensure(&env.pool, all_done_day, 2).await?;
+    let mut gone = BTreeSet::new();
     for outcome in ["skipped", "delivered", "failed"] {
-        done_old.insert(insert(&env, old, true, Some(outcome)).await?);
+        gone.insert(insert(&env, all_done_at, true, Some(outcome)).await?);
     }
-    let kept: BTreeSet<i64> = [
+    let owing: BTreeSet<i64> = [
+        insert(&env, owing_at, true, Some("skipped")).await?,
         // Not yet published to RabbitMQ.
-        insert(&env, old, false, None).await?,
-        // Delivered by the webhook but not yet published to RabbitMQ.
-        insert(&env, old, false, Some("delivered")).await?,
+        insert(&env, owing_at, false, None).await?,
         // Published, but the webhook still owes it.
-        insert(&env, old, true, None).await?,
-        // Done, but recent.
-        insert(&env, now, true, Some("skipped")).await?,
+        insert(&env, owing_at, true, None).await?,
     ]
     .into();
+    let recent = insert(&env, Utc::now(), true, Some("skipped")).await?;
+    // Days without a partition of their own (sweepers down for weeks) land in the
+    // default partition: its done rows past the cutoff are deleted, the others kept.
+    let (long_ago, _) = days_ago(40);
+    gone.insert(insert(&env, long_ago, true, Some("delivered")).await?);
+    let default_owing = insert(&env, long_ago, false, None).await?;
 
-    // Steps of 2 rows from the oldest: the three done old rows go, the pending ones are
-    // stepped over, and the walk stops at the first recent row.
-    let cutoff = now - chrono::Duration::hours(1);
-    let mut after = 0;
-    let mut deleted = Vec::new();
-    loop {
-        let step = notifications::prune_step(&env.pool, cutoff, after, 2).await?;
-        deleted.push(step.deleted);
-        match step.next {
-            Some(next) => after = next,
-            None => break,
+    let cutoff = Utc::now() - chrono::Duration::days(1);
+    let pruned = notifications::drop_before(&env.pool, cutoff).await?;
+    assert_eq!(
+        pruned,
+        notifications::Pruned {
+            partitions: 1,
+            kept: 1,
+            default_rows: 1
         }
-    }
-    assert_eq!(deleted, [2, 1, 0, 0], "rows deleted per step");
-    assert_eq!(ids(&env).await?, kept);
+    );
+    assert!(!exists(&env, &NOTIFICATIONS.partition_name(all_done_day)).await?);
+    assert!(exists(&env, &NOTIFICATIONS.partition_name(owing_day)).await?);
+    let mut left = owing.clone();
+    left.extend([recent, default_owing]);
+    assert_eq!(ids(&env).await?, left);
+    assert!(ids(&env).await?.is_disjoint(&gone));
+
+    // Once the relay and the webhook are done with that day, it goes too.
+    sqlx::query(
+        "UPDATE notifications SET published_at = coalesce(published_at, now()),
+             webhook_outcome = coalesce(webhook_outcome, 'delivered')
+         WHERE id = ANY($1)",
+    )
+    .bind(owing.iter().copied().collect::<Vec<_>>())
+    .execute(&env.pool)
+    .await?;
+    let pruned = notifications::drop_before(&env.pool, cutoff).await?;
+    assert_eq!((pruned.partitions, pruned.kept), (1, 0));
+    assert!(!exists(&env, &NOTIFICATIONS.partition_name(owing_day)).await?);
+    assert_eq!(ids(&env).await?, BTreeSet::from([recent, default_owing]));
     env.teardown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sweeper_prunes_old_done_notifications_and_marks_new_ones_skipped_without_a_webhook()
+async fn the_sweeper_drops_old_outbox_days_and_marks_new_notifications_skipped_without_a_webhook()
 -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::default()).await?;
-    let now = Utc::now();
-    let old = now - chrono::Duration::hours(2);
+    let (old_at, old_day) = days_ago(3);
+    let (owing_at, owing_day) = days_ago(4);
+    NOTIFICATIONS.ensure(&env.pool, owing_day, 2).await?;
     let mut pruned = BTreeSet::new();
     for _ in 0..50 {
-        pruned.insert(insert(&env, old, true, Some("skipped")).await?);
+        pruned.insert(insert(&env, old_at, true, Some("skipped")).await?);
     }
-    let owed_to_webhook = insert(&env, old, true, None).await?;
-    let recent = insert(&env, now, true, Some("skipped")).await?;
-    let pending = insert(&env, now, false, None).await?;
+    let owed_to_webhook = insert(&env, owing_at, true, None).await?;
+    let recent = insert(&env, Utc::now(), true, Some("skipped")).await?;
+    let pending = insert(&env, Utc::now(), false, None).await?;
 
-    env.start_sweeper(&["--notification-retention-secs=3600"])?;
+    env.start_sweeper(&["--notification-retention-secs=86400"])?;
     let ok = env
         .eventually(Duration::from_secs(15), || async {
             let left = ids(&env).await?;
@@ -104,10 +144,23 @@ async fn the_sweeper_prunes_old_done_notifications_and_marks_new_ones_skipped_wi
         })
         .await?;
     assert!(ok, "left: {:?}", ids(&env).await?);
+    assert!(!exists(&env, &NOTIFICATIONS.partition_name(old_day)).await?);
+    assert!(exists(&env, &NOTIFICATIONS.partition_name(owing_day)).await?);
     assert_eq!(
         ids(&env).await?,
         BTreeSet::from([owed_to_webhook, recent, pending])
     );
+    // The outbox's partitions for today and the week ahead exist too.
+    let days: BTreeSet<NaiveDate> = NOTIFICATIONS
+        .partitions(&env.pool)
+        .await?
+        .into_iter()
+        .map(|(_, day)| day)
+        .collect();
+    for ahead in 0..=7 {
+        let day = Utc::now().date_naive() + chrono::Days::new(ahead);
+        assert!(days.contains(&day), "no outbox partition for {day}");
+    }
     env.teardown().await
 }
 
@@ -127,13 +180,12 @@ async fn insert_expiry(env: &TestEnv, object_id: i64, at: DateTime<Utc>) -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweeper_drops_history_partitions_past_the_retention_and_the_views_still_answer()
 -> anyhow::Result<()> {
-    use lastseen::store::history;
     let mut env = TestEnv::start(Status::default()).await?;
     let now = Utc::now();
     let old_day = (now - chrono::Duration::days(40)).date_naive();
     // A day of history from before the retention, as a database a year old holds.
-    history::ensure_partitions(&env.pool, old_day, 1).await?;
-    let old_partition = history::partition_name(old_day);
+    OBJECT_EXPIRIES.ensure(&env.pool, old_day, 1).await?;
+    let old_partition = OBJECT_EXPIRIES.partition_name(old_day);
     let old_at = old_day.and_hms_opt(12, 0, 0).unwrap().and_utc();
     insert_expiry(&env, 1, old_at).await?;
     // Within the retention: kept.
@@ -149,11 +201,7 @@ async fn the_sweeper_drops_history_partitions_past_the_retention_and_the_views_s
     env.start_sweeper(&["--history-retention-days=30"])?;
     let dropped = env
         .eventually(Duration::from_secs(15), || async {
-            let left: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-                .bind(&old_partition)
-                .fetch_one(&env.pool)
-                .await?;
-            Ok(left.is_none())
+            Ok(!exists(&env, &old_partition).await?)
         })
         .await?;
     assert!(dropped, "partition {old_partition} was not dropped");
@@ -166,7 +214,8 @@ async fn the_sweeper_drops_history_partitions_past_the_retention_and_the_views_s
     .await?;
     assert_eq!(history_ids, [2, 3]);
     // Partitions for today and the week ahead exist, so expiries never wait for one.
-    let days: BTreeSet<chrono::NaiveDate> = history::partitions(&env.pool)
+    let days: BTreeSet<NaiveDate> = OBJECT_EXPIRIES
+        .partitions(&env.pool)
         .await?
         .into_iter()
         .map(|(_, day)| day)

@@ -321,11 +321,10 @@ impl PgCluster {
                 process.stop(Duration::from_secs(30)).await;
             }
             // A postmaster left behind (its Patroni killed) would hold the data dir.
-            if let Ok(pid) = std::fs::read_to_string(m.data_dir.join("postmaster.pid")) {
-                if let Some(pid) = pid.lines().next() {
-                    let _ =
-                        tools::run("kill", &["-9", pid.trim()], &[], Duration::from_secs(5)).await;
-                }
+            if let Ok(pid) = std::fs::read_to_string(m.data_dir.join("postmaster.pid"))
+                && let Some(pid) = pid.lines().next()
+            {
+                let _ = tools::run("kill", &["-9", pid.trim()], &[], Duration::from_secs(5)).await;
             }
         }
         if let Some(etcd) = &mut self.etcd {

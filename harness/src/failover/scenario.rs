@@ -153,12 +153,12 @@ impl Setup<'_> {
                 load.prober.measure(began)
             );
             let writable = writable.ok();
-            if kill == 0 {
-                if let Some(planted) = &mut planted {
-                    let up_at =
-                        down_at + chrono::Duration::from_std(writable.unwrap_or(RECOVERY_LIMIT))?;
-                    planted.outage = Some((down_at, up_at));
-                }
+            if kill == 0
+                && let Some(planted) = &mut planted
+            {
+                let up_at =
+                    down_at + chrono::Duration::from_std(writable.unwrap_or(RECOVERY_LIMIT))?;
+                planted.outage = Some((down_at, up_at));
             }
             let promoted = cluster.primary().await;
             tokio::time::sleep_until((began + down).into()).await;

@@ -1,7 +1,10 @@
 //! The `notifications` outbox: rows written with the state change that raised them,
-//! then published by a relay and marked published only after the broker confirmed.
+//! then published by a relay and marked published only after the broker confirmed; kept
+//! by day partitions of `created_at`, dropped whole past the retention.
 
 use sqlx::{PgConnection, Postgres, Transaction};
+
+use super::day_partitions::NOTIFICATIONS;
 
 /// A notification waiting to be published.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -9,6 +12,8 @@ pub struct Pending {
     pub id: i64,
     pub routing_key: String,
     pub payload: serde_json::Value,
+    /// Its day partition's key.
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Records notifications; call inside the transaction that made the change.
@@ -37,7 +42,7 @@ pub async fn lock_pending(
     limit: i64,
 ) -> sqlx::Result<Vec<Pending>> {
     sqlx::query_as(
-        "SELECT id, routing_key, payload FROM notifications
+        "SELECT id, routing_key, payload, created_at FROM notifications
          WHERE published_at IS NULL
          ORDER BY id
          LIMIT $1
@@ -49,67 +54,64 @@ pub async fn lock_pending(
 }
 
 /// Marks notifications published (after their confirms arrived). Without a webhook
-/// (`webhook` false) they are also marked `skipped` for it, so they are done.
+/// (`webhook` false) they are also marked `skipped` for it, so they are done. Only the
+/// day partitions from the oldest row's day on are looked into.
 pub async fn mark_published(
     tx: &mut Transaction<'_, Postgres>,
-    ids: &[i64],
+    rows: &[Pending],
     webhook: bool,
 ) -> sqlx::Result<u64> {
+    let Some(oldest) = rows.iter().map(|r| r.created_at).min() else {
+        return Ok(0);
+    };
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let result = sqlx::query(
         "UPDATE notifications SET published_at = clock_timestamp(),
              webhook_outcome = CASE WHEN $2 THEN webhook_outcome
                                     ELSE coalesce(webhook_outcome, 'skipped') END
-         WHERE id = ANY($1)",
+         WHERE id = ANY($1) AND created_at >= $3",
     )
-    .bind(ids)
+    .bind(&ids)
     .bind(webhook)
+    .bind(oldest)
     .execute(&mut **tx)
     .await?;
     Ok(result.rows_affected())
 }
 
-/// What one pruning step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PruneStep {
-    /// Notifications deleted.
-    pub deleted: u64,
-    /// Where the next step starts (`after`), or `None` when this step reached rows
-    /// created after the cutoff, or the end of the table: the pruning is done.
-    pub next: Option<i64>,
+/// What one round of outbox retention did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Day partitions dropped: all of the day past the retention, every row done.
+    pub partitions: u64,
+    /// Day partitions past the retention kept for a notification still owed.
+    pub kept: u64,
+    /// Done rows deleted from the default partition.
+    pub default_rows: u64,
 }
 
-/// One step of pruning: among the `limit` oldest notifications with an id above `after`,
-/// deletes those created before `cutoff` that are done (published, and delivered,
-/// failed or skipped by the webhook). Ids grow with `created_at`, so walking the primary
-/// key from the oldest row finds the old rows without an index of its own; a pending
-/// row is stepped over, not waited for.
-pub async fn prune_step(
+/// Outbox retention: drops the day partitions that end at or before `cutoff` and hold
+/// only notifications that are done (published, and delivered, failed or skipped by the
+/// webhook); a day with one still owed stays whole until it is done. Done rows of the
+/// default partition (made while the sweepers were down for days) created before
+/// `cutoff` are deleted.
+pub async fn drop_before(
     pool: &sqlx::PgPool,
     cutoff: chrono::DateTime<chrono::Utc>,
-    after: i64,
-    limit: i64,
-) -> sqlx::Result<PruneStep> {
-    let (deleted, read, last, all_old): (i64, i64, Option<i64>, Option<bool>) = sqlx::query_as(
-        "WITH oldest AS (
-             SELECT id, created_at < $2 AS old FROM notifications
-             WHERE id > $1 ORDER BY id LIMIT $3),
-         gone AS (
-             DELETE FROM notifications n USING oldest o
-             WHERE n.id = o.id AND o.old
-               AND n.published_at IS NOT NULL AND n.webhook_outcome IS NOT NULL
-             RETURNING n.id)
-         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM oldest),
-                (SELECT max(id) FROM oldest), (SELECT bool_and(old) FROM oldest)",
+) -> sqlx::Result<Pruned> {
+    let dropped = NOTIFICATIONS.drop_ended_by(pool, cutoff).await?;
+    let default_rows = sqlx::query(
+        "DELETE FROM notifications_default
+         WHERE created_at < $1 AND published_at IS NOT NULL AND webhook_outcome IS NOT NULL",
     )
-    .bind(after)
     .bind(cutoff)
-    .bind(limit)
-    .fetch_one(pool)
-    .await?;
-    let more = read == limit && all_old == Some(true);
-    Ok(PruneStep {
-        deleted: u64::try_from(deleted).unwrap_or_default(),
-        next: last.filter(|_| more),
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(Pruned {
+        partitions: dropped.partitions,
+        kept: dropped.kept,
+        default_rows,
     })
 }
 
