@@ -262,15 +262,22 @@ impl Load {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Stops the load and waits for the outstanding callbacks; the seconds it ran and the
-    /// ticks it skipped.
-    pub async fn stop(&mut self) -> anyhow::Result<(f64, u64)> {
+    /// Stops the load and waits for the outstanding callbacks; the run's figures so far
+    /// (`callbacks_per_sec` as offered).
+    pub async fn stop(&mut self, callbacks_per_sec: u32) -> anyhow::Result<RunFigures> {
         self.stop.cancel();
         let mut skipped = 0;
         for task in self.tasks.drain(..) {
             skipped += task.await.context("the load panicked")?.skipped;
         }
-        Ok((self.at(), skipped))
+        Ok(RunFigures {
+            passed: false,
+            failures: Vec::new(),
+            run_secs: 0.0,
+            callbacks_per_sec,
+            load_secs: self.at(),
+            load_ticks_skipped: skipped,
+        })
     }
 }
 
@@ -278,6 +285,61 @@ impl Drop for Load {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// The verdict and the load's figures, first in every multi-node scenario's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunFigures {
+    pub passed: bool,
+    pub failures: Vec<String>,
+    pub run_secs: f64,
+    pub callbacks_per_sec: u32,
+    pub load_secs: f64,
+    pub load_ticks_skipped: u64,
+}
+
+/// A multi-node scenario's result.
+pub trait ScenarioResult: Serialize {
+    fn run_figures(&mut self) -> &mut RunFigures;
+    /// Every check that failed, in words.
+    fn failures(&self) -> Vec<String>;
+    /// The report, as markdown.
+    fn markdown(&self) -> String;
+}
+
+/// The end of a scenario: its result judged, written to `out` as `result.json` and
+/// `result.md` and printed; an error unless it passed, or if it did not complete. `what`
+/// names the scenario, `in_logs` what its logs hold.
+pub fn conclude<R: ScenarioResult>(
+    what: &str,
+    outcome: anyhow::Result<R>,
+    started: Instant,
+    (out, logs): (&Path, &Path),
+    in_logs: &str,
+) -> anyhow::Result<()> {
+    let mut result = outcome.map_err(|err| {
+        anyhow::anyhow!(
+            "{err:#}\n{what} did not complete; logs of {in_logs} are in {}",
+            logs.display()
+        )
+    })?;
+    let failures = result.failures();
+    let run = result.run_figures();
+    run.run_secs = started.elapsed().as_secs_f64();
+    run.passed = failures.is_empty();
+    run.failures.clone_from(&failures);
+    let json = serde_json::to_string_pretty(&result)?;
+    std::fs::write(out.join("result.json"), json).context("cannot write result.json")?;
+    let md = result.markdown();
+    std::fs::write(out.join("result.md"), &md).context("cannot write result.md")?;
+    crate::chaos::report::conclude(
+        what,
+        &md,
+        (out, logs),
+        failures.is_empty(),
+        &failures,
+        in_logs,
+    )
 }
 
 /// What every multi-node scenario checks and reports alike.

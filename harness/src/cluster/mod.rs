@@ -191,21 +191,11 @@ pub async fn run(args: ClusterArgs, shutdown: CancellationToken) -> anyhow::Resu
     network.remove().await;
     eprintln!("[cluster] pipeline, nodes and namespaces removed");
 
-    let mut result = outcome.map_err(|err| {
-        anyhow::anyhow!(
-            "{err:#}\nthe cluster scenario did not complete; logs of every process and node are in {}",
-            logs.display()
-        )
-    })?;
-    result.run_secs = started.elapsed().as_secs_f64();
-    result.judge();
-    let md = report::write(&out, &result)?;
-    crate::chaos::report::conclude(
+    crate::pipeline::conclude(
         "the cluster scenario",
-        &md,
+        outcome,
+        started,
         (&out, &logs),
-        result.passed,
-        &result.failures,
         "every process and node",
     )
 }

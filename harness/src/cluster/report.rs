@@ -2,13 +2,11 @@
 //! (markdown, printed and written to `result.md`) and the same as `result.json`.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::chaos::ground_truth::CallbackCounts;
-use crate::pipeline::{Outcome, secs};
+use crate::pipeline::{Outcome, RunFigures, ScenarioResult, secs};
 
 /// The callbacks answered between two moments.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -50,12 +48,8 @@ pub struct FaultRecord {
 /// Everything a run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterResult {
-    pub passed: bool,
-    pub failures: Vec<String>,
-    pub run_secs: f64,
-    pub callbacks_per_sec: u32,
-    pub load_secs: f64,
-    pub load_ticks_skipped: u64,
+    #[serde(flatten)]
+    pub run: RunFigures,
     /// Nodes holding a replica of the work queue (quorum members).
     pub work_queue_replicas: usize,
     pub faults: Vec<FaultRecord>,
@@ -63,9 +57,12 @@ pub struct ClusterResult {
     pub outcome: Outcome,
 }
 
-impl ClusterResult {
-    /// Sets `passed` and lists every check that failed.
-    pub fn judge(&mut self) {
+impl ScenarioResult for ClusterResult {
+    fn run_figures(&mut self) -> &mut RunFigures {
+        &mut self.run
+    }
+
+    fn failures(&self) -> Vec<String> {
         let mut failures = self.outcome.failures();
         if self.work_queue_replicas != super::NODES {
             failures.push(format!(
@@ -79,28 +76,22 @@ impl ClusterResult {
                 failures.push(format!("no recovery after {}", fault.fault));
             }
         }
-        self.passed = failures.is_empty();
-        self.failures = failures;
+        failures
+    }
+
+    fn markdown(&self) -> String {
+        markdown(self)
     }
 }
 
-/// Writes `result.json` and `result.md` to `out`; returns the markdown.
-pub fn write(out: &Path, result: &ClusterResult) -> anyhow::Result<String> {
-    let json = serde_json::to_string_pretty(result)?;
-    std::fs::write(out.join("result.json"), json).context("cannot write result.json")?;
-    let md = markdown(result);
-    std::fs::write(out.join("result.md"), &md).context("cannot write result.md")?;
-    Ok(md)
-}
-
 /// The report as a markdown table.
-pub fn markdown(r: &ClusterResult) -> String {
+fn markdown(r: &ClusterResult) -> String {
     let mut md = String::new();
-    let verdict = if r.passed { "PASSED" } else { "FAILED" };
+    let verdict = if r.run.passed { "PASSED" } else { "FAILED" };
     let _ = writeln!(
         md,
         "## Cluster scenario: {verdict} ({:.0} s, {} callbacks/s over 2 producers for {:.0} s, work queue on {} nodes)\n",
-        r.run_secs, r.callbacks_per_sec, r.load_secs, r.work_queue_replicas
+        r.run.run_secs, r.run.callbacks_per_sec, r.run.load_secs, r.work_queue_replicas
     );
     let _ = writeln!(
         md,
@@ -128,8 +119,8 @@ pub fn markdown(r: &ClusterResult) -> String {
     }
     let _ = writeln!(md);
     r.outcome.figures(&mut md);
-    if !r.failures.is_empty() {
-        let _ = writeln!(md, "\nFailures: {}", r.failures.join("; "));
+    if !r.run.failures.is_empty() {
+        let _ = writeln!(md, "\nFailures: {}", r.run.failures.join("; "));
     }
     md
 }

@@ -76,9 +76,12 @@ impl Setup<'_> {
             &pool,
         )?;
         let faults = self.faults(&load, shutdown).await;
-        let (load_secs, skipped) = load.stop().await?;
+        let run = load.stop(self.args.rate).await?;
         let faults = faults?;
-        eprintln!("[cluster] +{load_secs:>5.1} s  load stopped; draining");
+        eprintln!(
+            "[cluster] +{:>5.1} s  load stopped; draining",
+            run.load_secs
+        );
         let amqp_url = self.nodes_from(0);
         let ending = Ending {
             queues: &queues,
@@ -91,12 +94,7 @@ impl Setup<'_> {
         let outcome = ending.collect(pipeline, &pool, &load).await?;
         pool.close().await;
         Ok(ClusterResult {
-            passed: false,
-            failures: Vec::new(),
-            run_secs: 0.0,
-            callbacks_per_sec: self.args.rate,
-            load_secs,
-            load_ticks_skipped: skipped,
+            run,
             work_queue_replicas: replicas,
             faults,
             outcome,

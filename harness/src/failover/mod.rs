@@ -126,21 +126,11 @@ pub async fn run(args: FailoverArgs, shutdown: CancellationToken) -> anyhow::Res
     crate::broker_admin::delete_local_queues(&args.amqp_url, scenario::PREFIX).await;
     eprintln!("[failover] pipeline, members, etcd, HAProxy and the run's queues removed");
 
-    let mut result = outcome.map_err(|err| {
-        anyhow::anyhow!(
-            "{err:#}\nthe failover scenario did not complete; logs of every process are in {}",
-            logs.display()
-        )
-    })?;
-    result.run_secs = started.elapsed().as_secs_f64();
-    result.judge();
-    let md = report::write(&out, &result)?;
-    crate::chaos::report::conclude(
+    crate::pipeline::conclude(
         "the failover scenario",
-        &md,
+        outcome,
+        started,
         (&out, &logs),
-        result.passed,
-        &result.failures,
         "every process and member",
     )
 }

@@ -2,14 +2,12 @@
 //! (markdown, printed and written to `result.md`) and the same as `result.json`.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::chaos::deadlines::DeadlineVerdict;
 use crate::cluster::report::Window;
-use crate::pipeline::{Outcome, secs};
+use crate::pipeline::{Outcome, RunFigures, ScenarioResult, secs};
 
 /// One kill of the primary and how the cluster and the pipeline came through it.
 #[derive(Debug, Clone, Serialize)]
@@ -33,12 +31,8 @@ pub struct FailoverRecord {
 /// Everything a run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct FailoverResult {
-    pub passed: bool,
-    pub failures: Vec<String>,
-    pub run_secs: f64,
-    pub callbacks_per_sec: u32,
-    pub load_secs: f64,
-    pub load_ticks_skipped: u64,
+    #[serde(flatten)]
+    pub run: RunFigures,
     pub kills: Vec<FailoverRecord>,
     /// The batch whose deadlines passed during the first failover.
     pub deadlines: DeadlineVerdict,
@@ -46,9 +40,12 @@ pub struct FailoverResult {
     pub outcome: Outcome,
 }
 
-impl FailoverResult {
-    /// Sets `passed` and lists every check that failed.
-    pub fn judge(&mut self) {
+impl ScenarioResult for FailoverResult {
+    fn run_figures(&mut self) -> &mut RunFigures {
+        &mut self.run
+    }
+
+    fn failures(&self) -> Vec<String> {
         let mut failures = self.outcome.failures();
         failures.extend(self.deadlines.failures());
         for kill in &self.kills {
@@ -69,28 +66,22 @@ impl FailoverResult {
                 failures.push(format!("no other member took over from {}", kill.killed));
             }
         }
-        self.passed = failures.is_empty();
-        self.failures = failures;
+        failures
+    }
+
+    fn markdown(&self) -> String {
+        markdown(self)
     }
 }
 
-/// Writes `result.json` and `result.md` to `out`; returns the markdown.
-pub fn write(out: &Path, result: &FailoverResult) -> anyhow::Result<String> {
-    let json = serde_json::to_string_pretty(result)?;
-    std::fs::write(out.join("result.json"), json).context("cannot write result.json")?;
-    let md = markdown(result);
-    std::fs::write(out.join("result.md"), &md).context("cannot write result.md")?;
-    Ok(md)
-}
-
 /// The report as markdown tables.
-pub fn markdown(r: &FailoverResult) -> String {
+fn markdown(r: &FailoverResult) -> String {
     let mut md = String::new();
-    let verdict = if r.passed { "PASSED" } else { "FAILED" };
+    let verdict = if r.run.passed { "PASSED" } else { "FAILED" };
     let _ = writeln!(
         md,
         "## PostgreSQL failover: {verdict} ({:.0} s, {} callbacks/s over 2 producers for {:.0} s; Patroni, 2 members, synchronous replication)\n",
-        r.run_secs, r.callbacks_per_sec, r.load_secs
+        r.run.run_secs, r.run.callbacks_per_sec, r.run.load_secs
     );
     let _ = writeln!(
         md,
@@ -126,8 +117,8 @@ pub fn markdown(r: &FailoverResult) -> String {
         d.unpublished_notifications
     );
     r.outcome.figures(&mut md);
-    if !r.failures.is_empty() {
-        let _ = writeln!(md, "\nFailures: {}", r.failures.join("; "));
+    if !r.run.failures.is_empty() {
+        let _ = writeln!(md, "\nFailures: {}", r.run.failures.join("; "));
     }
     md
 }

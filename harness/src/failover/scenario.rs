@@ -79,9 +79,12 @@ impl Setup<'_> {
         let kills = self
             .kills(cluster, &load, &batch_client, &pool, shutdown)
             .await;
-        let (load_secs, skipped) = load.stop().await?;
+        let run = load.stop(self.args.rate).await?;
         let (kills, planted) = kills?;
-        eprintln!("[failover] +{load_secs:>5.1} s  load stopped; draining");
+        eprintln!(
+            "[failover] +{:>5.1} s  load stopped; draining",
+            run.load_secs
+        );
         let ending = Ending {
             queues: &queues,
             amqp_url: &self.args.amqp_url,
@@ -94,12 +97,7 @@ impl Setup<'_> {
         let deadline_verdict = deadlines::verify(&planted, &pool).await?;
         pool.close().await;
         Ok(FailoverResult {
-            passed: false,
-            failures: Vec::new(),
-            run_secs: 0.0,
-            callbacks_per_sec: self.args.rate,
-            load_secs,
-            load_ticks_skipped: skipped,
+            run,
             kills,
             deadlines: deadline_verdict,
             outcome,
