@@ -412,26 +412,7 @@ impl Ending<'_> {
 impl Outcome {
     /// Every check that failed, in words.
     pub fn failures(&self) -> Vec<String> {
-        let mut failures = Vec::new();
-        let v = &self.verdict;
-        if v.ids_lost > 0 {
-            failures.push(format!("{} accepted ids lost", v.ids_lost));
-        }
-        if v.offline_rows + v.unexpected_rows > 0 {
-            failures.push(format!(
-                "{} rows of offline ids, {} of ids never sent",
-                v.offline_rows, v.unexpected_rows
-            ));
-        }
-        if v.dead_letters_unaccounted > 0 {
-            failures.push(format!(
-                "{} dead letters unaccounted for",
-                v.dead_letters_unaccounted
-            ));
-        }
-        if v.false_expiries > 0 {
-            failures.push(format!("{} false expiries", v.false_expiries));
-        }
+        let mut failures = self.verdict.failures();
         if self.callbacks.refused + self.callbacks.no_answer > 0 {
             failures.push(format!(
                 "callbacks not answered 2xx: {} refused, {} unanswered (1 s)",

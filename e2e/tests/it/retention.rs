@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use e2e::{Status, TestEnv};
-use lastseen::store::day_partitions::{NOTIFICATIONS, OBJECT_EXPIRIES};
+use lastseen::store::day_partitions::{DayPartitioned, NOTIFICATIONS, OBJECT_EXPIRIES};
 use lastseen::store::notifications;
 
 /// Inserts one notification created at `created_at`, published then (or never), with
@@ -47,6 +47,25 @@ async fn exists(env: &TestEnv, name: &str) -> anyhow::Result<bool> {
         .fetch_one(&env.pool)
         .await?;
     Ok(found.is_some())
+}
+
+/// Asserts that `table` has its partitions of today and the 7 days ahead.
+async fn assert_week_ahead(env: &TestEnv, table: DayPartitioned) -> anyhow::Result<()> {
+    let days: BTreeSet<NaiveDate> = table
+        .partitions(&env.pool)
+        .await?
+        .into_iter()
+        .map(|(_, day)| day)
+        .collect();
+    for ahead in 0..=7 {
+        let day = Utc::now().date_naive() + chrono::Days::new(ahead);
+        assert!(
+            days.contains(&day),
+            "no {} partition for {day}",
+            table.table
+        );
+    }
+    Ok(())
 }
 
 /// Noon (UTC) of the day `days` before today, and that day.
@@ -151,16 +170,7 @@ async fn the_sweeper_drops_old_outbox_days_and_marks_new_notifications_skipped_w
         BTreeSet::from([owed_to_webhook, recent, pending])
     );
     // The outbox's partitions for today and the week ahead exist too.
-    let days: BTreeSet<NaiveDate> = NOTIFICATIONS
-        .partitions(&env.pool)
-        .await?
-        .into_iter()
-        .map(|(_, day)| day)
-        .collect();
-    for ahead in 0..=7 {
-        let day = Utc::now().date_naive() + chrono::Days::new(ahead);
-        assert!(days.contains(&day), "no outbox partition for {day}");
-    }
+    assert_week_ahead(&env, NOTIFICATIONS).await?;
     env.teardown().await
 }
 
@@ -214,15 +224,6 @@ async fn the_sweeper_drops_history_partitions_past_the_retention_and_the_views_s
     .await?;
     assert_eq!(history_ids, [2, 3]);
     // Partitions for today and the week ahead exist, so expiries never wait for one.
-    let days: BTreeSet<NaiveDate> = OBJECT_EXPIRIES
-        .partitions(&env.pool)
-        .await?
-        .into_iter()
-        .map(|(_, day)| day)
-        .collect();
-    for ahead in 0..=7 {
-        let day = now.date_naive() + chrono::Days::new(ahead);
-        assert!(days.contains(&day), "no history partition for {day}");
-    }
+    assert_week_ahead(&env, OBJECT_EXPIRIES).await?;
     env.teardown().await
 }

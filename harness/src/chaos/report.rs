@@ -62,28 +62,7 @@ impl ChaosResult {
     /// Fills `passed` and `failures` from the figures.
     pub fn judge(&mut self) {
         let mut failures = std::mem::take(&mut self.failures);
-        let v = &self.verdict;
-        if v.ids_lost > 0 {
-            failures.push(format!("{} accepted online ids lost", v.ids_lost));
-        }
-        if v.false_expiries > 0 {
-            failures.push(format!(
-                "{} objects expired while an accepted callback naming them was unsettled",
-                v.false_expiries
-            ));
-        }
-        if v.offline_rows > 0 {
-            failures.push(format!("{} rows of offline ids", v.offline_rows));
-        }
-        if v.unexpected_rows > 0 {
-            failures.push(format!("{} rows of ids never sent", v.unexpected_rows));
-        }
-        if v.dead_letters_unaccounted > 0 {
-            failures.push(format!(
-                "{} dead letters not accounted for",
-                v.dead_letters_unaccounted
-            ));
-        }
+        failures.extend(self.verdict.failures());
         if self.callbacks.accepted_count_mismatches > 0 {
             failures.push(format!(
                 "{} callbacks answered 2xx with an `accepted` count other than their distinct ids",

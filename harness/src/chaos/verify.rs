@@ -118,6 +118,33 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// Every check of the store against the ground truth that failed, in words.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        if self.ids_lost > 0 {
+            failures.push(format!("{} accepted online ids lost", self.ids_lost));
+        }
+        if self.false_expiries > 0 {
+            failures.push(format!(
+                "{} objects expired while an accepted callback naming them was unsettled",
+                self.false_expiries
+            ));
+        }
+        if self.offline_rows > 0 {
+            failures.push(format!("{} rows of offline ids", self.offline_rows));
+        }
+        if self.unexpected_rows > 0 {
+            failures.push(format!("{} rows of ids never sent", self.unexpected_rows));
+        }
+        if self.dead_letters_unaccounted > 0 {
+            failures.push(format!(
+                "{} dead letters not accounted for",
+                self.dead_letters_unaccounted
+            ));
+        }
+        failures
+    }
+
     /// Whether the data checks hold (the queues are judged elsewhere).
     pub fn holds(&self) -> bool {
         self.ids_lost == 0
