@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECS ?= 60
 
-.PHONY: run test unit services build build-harness lint latency run-check compose-check ci bench chaos cluster-chaos cluster-bench pg-failover fuzz api-fuzz retry-check expiry-bench expiry-hold-check fresh-check memory-check
+.PHONY: run test unit services build build-harness lint latency run-check compose-check ci bench chaos cluster-chaos cluster-bench pg-failover alerts-check fuzz api-fuzz retry-check expiry-bench expiry-hold-check fresh-check memory-check
 
 ## run: install/start PostgreSQL and RabbitMQ if needed, build, start the whole pipeline
 run: services build
@@ -92,6 +92,10 @@ pg-failover: services build-harness
 ## cluster-bench: ids/s and CPU per id with 1, 2 and 3 consumers against a 3-node RabbitMQ cluster (as root)
 cluster-bench: services build-harness
 	@scripts/cluster-bench.sh
+
+## alerts-check: promtool check rules and promtool test rules on deploy/prometheus/alerts.yml (installs promtool if missing)
+alerts-check:
+	@scripts/alerts-check.sh
 
 ## fuzz: fuzz the callback body parser (cargo-fuzz, libFuzzer) for FUZZ_SECS seconds (default 60)
 fuzz:
