@@ -6,8 +6,9 @@
 # At 10,000 ids/s with status calls of 0.3-4.3 s, ~23,000 HTTP/1.1 calls are in flight,
 # each on its own connection and ephemeral port: the default range (32768-60999, and
 # connect() uses half of it) is too small and makes connect() scan it. As root, this
-# widens it for the machine while the bench runs and puts it back when it ends, however
-# it ends (BENCH_TUNE_PORTS=0 to leave it alone); see the README.
+# widens it for the machine while the bench runs and puts it back when the bench ends,
+# also on a failure or Ctrl-C (not if this script is killed with SIGKILL;
+# BENCH_TUNE_PORTS=0 to leave it alone); see the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${BENCH_TUNE_PORTS:-1}" = "1" ] && [ "$(id -u)" -eq 0 ]; then

@@ -16,9 +16,8 @@
 # `scripts/chaos.sh pg-failover` (`make pg-failover`) runs the PostgreSQL failover
 # scenario: PG_FAILOVER_RUNS times, reports in target/pg-failover/runs/<n>/ (settings:
 # `target/release/harness pg-failover --help`). It first installs Patroni, etcd and
-# HAProxy from the distribution's packages when missing; on a systemd machine the etcd
-# and haproxy services the packages start are stopped and disabled again (the scenario
-# runs its own, on its own ports).
+# HAProxy from the distribution's packages when missing, without starting their services
+# (scripts/install-quietly.sh): the scenario runs its own, on its own ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=chaos
@@ -30,14 +29,7 @@ failover_tools() {
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
   command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
   [ ${#missing[@]} -eq 0 ] && return 0
-  echo "[pg-failover] installing ${missing[*]} from the distribution's packages (apt-get)"
-  apt-get update -qq || echo "[pg-failover] apt-get update failed; installing from the package lists at hand"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  if [ -d /run/systemd/system ]; then
-    for unit in etcd haproxy; do
-      systemctl disable --now "$unit" >/dev/null 2>&1 || true
-    done
-  fi
+  scripts/install-quietly.sh "${missing[@]}"
 }
 
 if [ "${1:-}" = cluster-chaos ]; then

@@ -93,11 +93,6 @@ async fn prune_history(pool: &PgPool, keep: Option<Duration>) {
 /// Drops the days of the outbox past `retention` whose notifications are all done.
 async fn prune_outbox(pool: &PgPool, retention: Duration) {
     match notifications::drop_before(pool, cutoff(retention)).await {
-        Ok(notifications::Pruned {
-            partitions: 0,
-            kept: 0,
-            default_rows: 0,
-        }) => {}
         Ok(pruned) => {
             metrics::counter!(metric::NOTIFICATION_PARTITIONS_DROPPED_TOTAL)
                 .increment(pruned.partitions);
@@ -108,12 +103,14 @@ async fn prune_outbox(pool: &PgPool, retention: Duration) {
                     "days of the outbox past NOTIFICATION_RETENTION_SECS kept: they hold notifications not yet published or owed to the webhook"
                 );
             }
-            tracing::info!(
-                partitions = pruned.partitions,
-                default_rows = pruned.default_rows,
-                ?retention,
-                "outbox days past NOTIFICATION_RETENTION_SECS dropped"
-            );
+            if pruned.partitions + pruned.default_rows > 0 {
+                tracing::info!(
+                    partitions = pruned.partitions,
+                    default_rows = pruned.default_rows,
+                    ?retention,
+                    "outbox days past NOTIFICATION_RETENTION_SECS dropped"
+                );
+            }
         }
         Err(err) => tracing::warn!(error = %err, "dropping old outbox days failed; will retry"),
     }

@@ -134,6 +134,40 @@ async fn an_old_day_of_the_outbox_is_dropped_only_once_every_notification_in_it_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_committed_while_its_day_is_being_dropped_is_kept() -> anyhow::Result<()> {
+    let env = TestEnv::start(Status::default()).await?;
+    let (old_at, old_day) = days_ago(3);
+    NOTIFICATIONS.ensure(&env.pool, old_day, 1).await?;
+    insert(&env, old_at, true, Some("skipped")).await?;
+    // A transaction writes a pending notification into that day and has not committed
+    // when the retention looks at the day.
+    let mut writer = env.pool.begin().await?;
+    let pending: i64 = sqlx::query_scalar(
+        "INSERT INTO notifications (routing_key, payload, created_at)
+         VALUES ('digest', '{}', $1) RETURNING id",
+    )
+    .bind(old_at)
+    .fetch_one(&mut *writer)
+    .await?;
+    let pool = env.pool.clone();
+    let cutoff = Utc::now() - chrono::Duration::days(1);
+    let retention = tokio::spawn(async move { notifications::drop_before(&pool, cutoff).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    writer.commit().await?;
+    let pruned = retention.await??;
+    assert_eq!(
+        (pruned.partitions, pruned.kept),
+        (0, 1),
+        "the day with a notification still owed must be kept"
+    );
+    assert!(
+        ids(&env).await?.contains(&pending),
+        "the pending notification was dropped"
+    );
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweeper_drops_old_outbox_days_and_marks_new_notifications_skipped_without_a_webhook()
 -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::default()).await?;

@@ -66,6 +66,8 @@ pub struct PgCluster {
     dir: PathBuf,
     logs: PathBuf,
     postgres_user: (u32, u32),
+    /// The newest installed PostgreSQL's programs.
+    bin_dir: PathBuf,
     etcd: Option<Process>,
     members: Vec<Member>,
     haproxy: Option<Process>,
@@ -90,6 +92,7 @@ impl PgCluster {
             dir: dir.to_owned(),
             logs: logs.to_owned(),
             postgres_user: system_user("postgres")?,
+            bin_dir: postgres_bin_dir()?,
             etcd: None,
             members,
             haproxy: None,
@@ -320,9 +323,12 @@ impl PgCluster {
             if let Some(process) = &mut m.process {
                 process.stop(Duration::from_secs(30)).await;
             }
-            // A postmaster left behind (its Patroni killed) would hold the data dir.
+            // A postmaster left behind (its Patroni killed) would hold the data dir; a
+            // stale pid file's number may be another process's by now.
             if let Ok(pid) = std::fs::read_to_string(m.data_dir.join("postmaster.pid"))
                 && let Some(pid) = pid.lines().next()
+                && std::fs::read_to_string(format!("/proc/{}/comm", pid.trim()))
+                    .is_ok_and(|comm| comm.trim() == "postgres")
             {
                 let _ = tools::run("kill", &["-9", pid.trim()], &[], Duration::from_secs(5)).await;
             }
@@ -371,7 +377,7 @@ postgresql:
   listen: 127.0.0.1:{pg}
   connect_address: 127.0.0.1:{pg}
   data_dir: {data}
-  bin_dir: /usr/lib/postgresql/15/bin
+  bin_dir: {bin_dir}
   pgpass: {dir}/pgpass-{name}
   authentication:
     replication:
@@ -390,6 +396,7 @@ postgresql:
                 pg = self.ports.postgres(i),
                 data = m.data_dir.display(),
                 dir = self.dir.display(),
+                bin_dir = self.bin_dir.display(),
             );
             std::fs::write(&m.config, config)
                 .with_context(|| format!("cannot write {}", m.config.display()))?;
@@ -442,6 +449,26 @@ async fn writable(url: &str) -> bool {
         .unwrap_or(false);
     let _ = conn.close().await;
     primary
+}
+
+/// The programs of the newest PostgreSQL installed from the distribution's packages
+/// (`/usr/lib/postgresql/<version>/bin`).
+fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+    let root = Path::new("/usr/lib/postgresql");
+    let newest = std::fs::read_dir(root)
+        .with_context(|| {
+            format!(
+                "cannot read {} (install PostgreSQL: `make services`)",
+                root.display()
+            )
+        })?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            Some((name.parse::<u32>().ok()?, name))
+        })
+        .max()
+        .with_context(|| format!("no PostgreSQL version in {}", root.display()))?;
+    Ok(root.join(newest.1).join("bin"))
 }
 
 /// The uid and gid of system user `name`, from /etc/passwd.

@@ -46,11 +46,6 @@ impl DayPartitioned {
         format!("{}_p{}", self.table, day.format("%Y%m%d"))
     }
 
-    /// The table's default partition (rows outside every day partition).
-    pub fn default_partition(&self) -> String {
-        format!("{}_default", self.table)
-    }
-
     /// The day a partition named by [`Self::partition_name`] holds; `None` for any other
     /// table.
     fn partition_day(&self, name: &str) -> Option<NaiveDate> {
@@ -131,11 +126,14 @@ impl DayPartitioned {
             if end.and_hms_opt(0, 0, 0).map(|t| t.and_utc()) > Some(cutoff) {
                 continue;
             }
-            // A row is never put back into an old day (new rows get today's date), nor
-            // made owed again once done, so what this look finds stays true for the drop.
-            let guard = self
-                .kept_while
-                .map(|rows| format!("SELECT EXISTS (SELECT FROM {name} WHERE {rows})"));
+            // The check runs with the whole table locked as the DROP will lock it: a row
+            // written into this day by a transaction not yet committed is waited for and
+            // seen. After that no row enters an old day (new rows get today's date) or
+            // becomes owed again once done.
+            let guard = self.kept_while.map(|rows| Guard {
+                lock: format!("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE", self.table),
+                holds: format!("SELECT EXISTS (SELECT FROM {name} WHERE {rows})"),
+            });
             match ddl(pool, guard, format!("DROP TABLE {name}")).await {
                 Ok(true) => done.partitions += 1,
                 Ok(false) => done.kept += 1,
@@ -148,20 +146,31 @@ impl DayPartitioned {
     }
 }
 
-/// Runs one DDL statement with a short lock timeout, unless `guard` (a query answering
-/// one boolean) says no first, in the same transaction; whether it ran. A partition's DDL
-/// needs an exclusive lock on the whole table, and must not queue the pipeline's writes
-/// behind a long analyst query: it is tried again at the next round.
-async fn ddl(pool: &PgPool, guard: Option<String>, statement: String) -> sqlx::Result<bool> {
+/// What must be checked before a DDL statement may run.
+struct Guard {
+    /// Taken first, so that `holds` sees every row that could exist.
+    lock: String,
+    /// A query answering one boolean: true, and the statement does not run.
+    holds: String,
+}
+
+/// Runs one DDL statement with a short lock timeout, unless `guard` says no first, in the
+/// same transaction; whether it ran. A partition's DDL needs an exclusive lock on the
+/// whole table, and must not queue the pipeline's writes behind a long analyst query: it
+/// is tried again at the next round.
+async fn ddl(pool: &PgPool, guard: Option<Guard>, statement: String) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL lock_timeout = '2s'")
         .execute(&mut *tx)
         .await?;
     if let Some(guard) = guard {
-        let hold: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(guard))
+        sqlx::query(sqlx::AssertSqlSafe(guard.lock))
+            .execute(&mut *tx)
+            .await?;
+        let holds: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(guard.holds))
             .fetch_one(&mut *tx)
             .await?;
-        if hold {
+        if holds {
             return Ok(false);
         }
     }
@@ -186,7 +195,10 @@ mod tests {
         assert_eq!(NOTIFICATIONS.partition_name(day), "notifications_p20261201");
         for table in [OBJECT_EXPIRIES, NOTIFICATIONS] {
             assert_eq!(table.partition_day(&table.partition_name(day)), Some(day));
-            assert_eq!(table.partition_day(&table.default_partition()), None);
+            assert_eq!(
+                table.partition_day(&format!("{}_default", table.table)),
+                None
+            );
         }
         assert_eq!(OBJECT_EXPIRIES.partition_day("object_expiries_p2026"), None);
         assert_eq!(
