@@ -411,9 +411,17 @@ impl Ending<'_> {
 
 impl Outcome {
     /// Every check that failed, in words.
-    pub fn failures(&self) -> Vec<String> {
+    ///
+    /// `late_answers_fail`: whether a callback answered after the client's 1 s timeout
+    /// fails the run (a refusal always does).
+    pub fn failures(&self, late_answers_fail: bool) -> Vec<String> {
         let mut failures = self.verdict.failures();
-        if self.callbacks.refused + self.callbacks.no_answer > 0 {
+        let late = if late_answers_fail {
+            self.callbacks.no_answer
+        } else {
+            0
+        };
+        if self.callbacks.refused + late > 0 {
             failures.push(format!(
                 "callbacks not answered 2xx: {} refused, {} unanswered (1 s)",
                 self.callbacks.refused, self.callbacks.no_answer

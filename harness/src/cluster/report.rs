@@ -63,7 +63,7 @@ impl ScenarioResult for ClusterResult {
     }
 
     fn failures(&self) -> Vec<String> {
-        let mut failures = self.outcome.failures();
+        let mut failures = self.outcome.failures(true);
         if self.work_queue_replicas != super::NODES {
             failures.push(format!(
                 "the work queue has {} replicas, not {}",
