@@ -11,12 +11,17 @@
 # BENCH_TUNE_PORTS=0 to leave it alone); see the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The bench's own listeners (19100-19199) are reserved while the range is wide, or an
+# outgoing connection could take one of them as its source port and the listener's bind
+# would fail with "address in use".
 if [ "${BENCH_TUNE_PORTS:-1}" = "1" ] && [ "$(id -u)" -eq 0 ]; then
   read -r lo hi < /proc/sys/net/ipv4/ip_local_port_range
+  reserved=$(cat /proc/sys/net/ipv4/ip_local_reserved_ports)
   if [ "$lo" -gt 10000 ]; then
-    echo "[bench] widening net.ipv4.ip_local_port_range from '$lo $hi' to '10000 65000' while the bench runs"
+    echo "[bench] widening net.ipv4.ip_local_port_range from '$lo $hi' to '10000 65000' and reserving 19100-19199 for the bench's listeners while it runs"
+    trap 'sysctl -qw net.ipv4.ip_local_reserved_ports="$reserved" && sysctl -qw net.ipv4.ip_local_port_range="$lo $hi" && echo "[bench] net.ipv4.ip_local_port_range back to '"'"'$lo $hi'"'"', ip_local_reserved_ports back to '"'"'$reserved'"'"'"' EXIT
+    sysctl -qw net.ipv4.ip_local_reserved_ports="${reserved:+$reserved,}19100-19199"
     sysctl -qw net.ipv4.ip_local_port_range="10000 65000"
-    trap 'sysctl -qw net.ipv4.ip_local_port_range="$lo $hi" && echo "[bench] net.ipv4.ip_local_port_range back to '"'"'$lo $hi'"'"'"' EXIT
   fi
 fi
 target/release/harness bench "$@"

@@ -5,6 +5,7 @@
 
 mod load;
 mod observe;
+mod ports;
 mod raw;
 mod report;
 mod usage;
@@ -102,6 +103,16 @@ const PREFIX: &str = "bench";
 /// Runs the benchmark (one rate, or a sweep) and writes the report.
 pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(args.out.join("logs")).context("cannot create the report folder")?;
+    let mut listeners = vec![CALLBACK_PORT, RAW_STATUS_PORT];
+    listeners.extend((0..args.status_procs.max(1)).map(|i| STATUS_PORT + i as u16));
+    let exposed = ports::exposed_here(&listeners);
+    if !exposed.is_empty() {
+        anyhow::bail!(
+            "the bench listens on {exposed:?}, inside net.ipv4.ip_local_port_range and not in \
+             net.ipv4.ip_local_reserved_ports: an outgoing connection could take one; \
+             reserve 19100-19199 (make bench does so as root) or narrow the range"
+        );
+    }
     lastseen::limits::raise_open_files();
     let raw = if args.skip_raw {
         None
