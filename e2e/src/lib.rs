@@ -388,6 +388,24 @@ impl TestEnv {
         Ok(out)
     }
 
+    /// This test's database as the read-only `analyst` login, which this creates if the
+    /// machine lacks it (`make test` creates it too, in scripts/services.sh).
+    pub async fn analyst_url(&self) -> anyhow::Result<String> {
+        sqlx::raw_sql(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'analyst') THEN
+                 CREATE ROLE analyst LOGIN PASSWORD 'analyst' IN ROLE lastseen_analyst;
+               END IF;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+             END $$",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(postgres_server()
+            .with_login("analyst", "analyst")
+            .with_database(self.database_name()))
+    }
+
     /// The ids in `objects`, sorted.
     pub async fn object_ids(&self) -> anyhow::Result<Vec<i64>> {
         Ok(sqlx::query_scalar("SELECT id FROM objects ORDER BY id")

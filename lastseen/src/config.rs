@@ -254,7 +254,7 @@ fn parse_log_filter(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-fn parse_database_url(s: &str) -> Result<String, String> {
+pub fn parse_database_url(s: &str) -> Result<String, String> {
     sqlx::postgres::PgConnectOptions::from_str(s).map_err(|e| e.to_string())?;
     // The certificate and key files the URL names must be there and hold what they
     // should now, not be found wrong at every connection attempt.

@@ -150,3 +150,23 @@ pub async fn connect_and_migrate(
         () = cancel.cancelled() => Err(DbError::Cancelled),
     }
 }
+
+/// Longest a read API statement may run before PostgreSQL cancels it.
+const READ_STATEMENT_TIMEOUT_MS: u32 = 5_000;
+
+/// A pool for the read API: read-only transactions, statements cut at 5 s, at most
+/// `max_connections`. Connects lazily, so a process serving it never waits on PostgreSQL
+/// to start, and a reader never takes a connection that ingest needs.
+pub fn read_pool(url: &str, tls: &TlsArgs, max_connections: u32) -> Result<PgPool, DbError> {
+    let options = PgConnectOptions::from_str(&tls.postgres_url(url))
+        .map_err(DbError::Url)?
+        .application_name("lastseen-reader")
+        .options([
+            ("default_transaction_read_only", "on".to_owned()),
+            ("statement_timeout", READ_STATEMENT_TIMEOUT_MS.to_string()),
+        ]);
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options))
+}

@@ -88,6 +88,21 @@ pub struct Config {
     #[arg(long, env = "CALLBACK_API_KEYS_FILE")]
     pub callback_api_keys_file: Option<String>,
 
+    /// PostgreSQL for the read API (`GET /objects`, `/events`...), as a read-only login
+    /// (`make run` uses `analyst`). Unset: the read endpoints answer 503 `reads_off`. Its
+    /// own pool, connected on first use: ingest never waits on it.
+    #[arg(long, env = "READ_DATABASE_URL", hide_env_values = true, value_parser = lastseen::config::parse_database_url)]
+    pub read_database_url: Option<String>,
+
+    /// Connections in the read API's pool.
+    #[arg(long, env = "READ_DATABASE_MAX_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub read_database_max_connections: u32,
+
+    /// Most live event streams (`GET /events/stream`) open at once; one more gets 503
+    /// `overloaded`. Each asks PostgreSQL twice a second while idle.
+    #[arg(long, env = "READ_MAX_STREAMS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub read_max_streams: u32,
+
     #[command(flatten)]
     pub amqp: AmqpArgs,
 

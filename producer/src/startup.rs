@@ -34,6 +34,8 @@ pub struct Application {
     reporting_stop: CancellationToken,
     header_read_timeout: Duration,
     max_connections: usize,
+    /// Ends the read API's live streams, so shutdown need not wait for their clients.
+    reads_stop: CancellationToken,
 }
 
 impl Application {
@@ -123,6 +125,30 @@ impl Application {
             publisher.clone(),
             keeper_stop.clone(),
         ));
+        let reads_stop = CancellationToken::new();
+        let reads = match &config.read_database_url {
+            Some(url) => Some(http::ReadApi {
+                pool: lastseen::db::read_pool(
+                    url,
+                    &config.tls,
+                    config.read_database_max_connections,
+                )?,
+                streams: Arc::new(tokio::sync::Semaphore::new(
+                    config.read_max_streams as usize,
+                )),
+                shutdown: reads_stop.clone(),
+            }),
+            None => None,
+        };
+        tracing::info!(
+            read_api = reads.is_some(),
+            "read API {}",
+            if reads.is_some() {
+                "on"
+            } else {
+                "off (READ_DATABASE_URL unset)"
+            }
+        );
         let router = http::router(
             AppState {
                 publisher: publisher.clone(),
@@ -134,6 +160,7 @@ impl Application {
                 body_timeout: config.request_body_timeout_ms,
                 max_ttl_secs: config.max_ttl_secs,
                 max_body_bytes_in_flight: config.max_body_bytes_in_flight,
+                reads,
             },
             keys,
             config.request_body_timeout_ms,
@@ -150,6 +177,7 @@ impl Application {
             reporting_stop,
             header_read_timeout: config.header_read_timeout_ms,
             max_connections: config.max_connections as usize,
+            reads_stop,
         })
     }
 
@@ -167,6 +195,11 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "producer listening");
         let stopping = shutdown.child_token();
+        let (reads_stop, stopped) = (self.reads_stop.clone(), stopping.clone());
+        tokio::spawn(async move {
+            stopped.cancelled().await;
+            reads_stop.cancel();
+        });
         let server = http::serve(
             self.listener,
             self.router,

@@ -6,28 +6,12 @@ use sqlx::PgPool;
 #[tokio::test]
 async fn the_analyst_login_reads_every_table_and_cannot_write() -> anyhow::Result<()> {
     let env = TestEnv::start(Status::default()).await?;
-    // `make test` creates the login (scripts/services.sh); make sure of it for a bare run.
-    sqlx::raw_sql(
-        "DO $$ BEGIN
-           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'analyst') THEN
-             CREATE ROLE analyst LOGIN PASSWORD 'analyst' IN ROLE lastseen_analyst;
-           END IF;
-         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-         END $$",
-    )
-    .execute(&env.pool)
-    .await?;
+    let analyst_url = env.analyst_url().await?;
     sqlx::query("INSERT INTO objects (id, first_seen, last_seen, expires_at) VALUES (7, now(), now(), now() + interval '30 seconds')")
         .execute(&env.pool)
         .await?;
 
-    let database = env.database_name();
-    let analyst = PgPool::connect(
-        &e2e::postgres_server()
-            .with_login("analyst", "analyst")
-            .with_database(database),
-    )
-    .await?;
+    let analyst = PgPool::connect(&analyst_url).await?;
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM objects")
         .fetch_all(&analyst)
         .await?;

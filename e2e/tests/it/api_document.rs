@@ -1,5 +1,6 @@
 //! The producer's OpenAPI document at `/openapi.json`: valid JSON that describes
-//! `POST /callback` (its request and every answer with its error body) and the probes.
+//! `POST /callback` (its request and every answer with its error body), the probes and
+//! the read API.
 
 use e2e::{Status, TestEnv, post_callback};
 use serde_json::Value;
@@ -97,6 +98,26 @@ async fn openapi_document_describes_the_callback_its_answers_and_error_bodies() 
         .flatten()
         .filter_map(Value::as_str)
         .collect();
+    // The read API: every path, its 400 body, and the codes its errors send.
+    for path in [
+        "/objects",
+        "/objects/{id}",
+        "/objects/{id}/history",
+        "/events",
+        "/events/stream",
+    ] {
+        let get = &document["paths"][path]["get"];
+        assert!(get["responses"]["200"].is_object(), "{path}");
+        assert!(get["responses"]["503"].is_object(), "{path}");
+    }
+    for code in [
+        "invalid_parameter",
+        "unknown_object",
+        "reads_off",
+        "database_unavailable",
+    ] {
+        assert!(codes.contains(&code), "{code:?} is not among {codes:?}");
+    }
     for (content_type, body) in [
         (Some("application/json"), "{\"object_ids\": [1,"),
         (Some("application/json"), "{\"object_ids\": [-1]}"),

@@ -20,6 +20,7 @@ mod outages;
 mod pipeline;
 mod publishing;
 mod queue_deleted;
+mod reads;
 mod refused_settings;
 mod replay;
 mod retention;

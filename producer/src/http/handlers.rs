@@ -40,6 +40,8 @@ pub struct AppState {
     pub max_ttl_secs: u32,
     /// `MAX_BODY_BYTES_IN_FLIGHT`.
     pub max_body_bytes_in_flight: u64,
+    /// The read API, when `READ_DATABASE_URL` is set.
+    pub reads: Option<super::ReadApi>,
 }
 
 /// The 202 answer: how many distinct ids were accepted, and whether they went to the

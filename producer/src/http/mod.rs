@@ -7,6 +7,7 @@ mod api_keys;
 mod error;
 mod handlers;
 mod openapi;
+mod reads;
 mod schemas;
 mod server;
 
@@ -23,6 +24,7 @@ use tower_http::trace::TraceLayer;
 
 pub use api_keys::ApiKeys;
 pub use handlers::AppState;
+pub use reads::ReadApi;
 pub use server::serve;
 
 /// Bound on a whole request, so no client holds a connection's resources forever.
@@ -34,7 +36,19 @@ pub fn router(state: AppState, keys: ApiKeys, body_timeout: Duration) -> Router 
     let body_limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
     let document: Arc<str> = openapi::document_json(state.max_ttl_secs).into();
     let budget = admission::BodyBudget::new(state.max_body_bytes_in_flight, state.max_body_bytes);
+    // The read API takes the same keys as callbacks, when the producer has keys.
+    let read_routes = Router::new()
+        .route("/objects", get(reads::objects))
+        .route("/objects/{id}", get(reads::object))
+        .route("/objects/{id}/history", get(reads::history))
+        .route("/events", get(reads::events))
+        .route("/events/stream", get(reads::event_stream))
+        .route_layer(axum::middleware::from_fn_with_state(
+            keys.clone(),
+            api_keys::authenticate,
+        ));
     Router::new()
+        .merge(read_routes)
         .route(
             "/callback",
             post(handlers::callback)

@@ -1,5 +1,5 @@
 //! The producer's OpenAPI document, served at `GET /openapi.json`: the callback request,
-//! its answers with their JSON error bodies, and the health endpoints. The paths are
+//! its answers with their JSON error bodies, the health endpoints and the read API. The paths are
 //! described next to their handlers (`#[utoipa::path]` in `handlers`), the bodies in
 //! `schemas`; this module gathers them.
 
@@ -9,9 +9,10 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
-use super::handlers;
 use super::schemas::{ErrorBody, ErrorCode, Health, Readiness, ReadinessStatus};
+use super::{handlers, reads};
 use crate::callback::ObjectIdSchema;
+use lastseen::store::reads::{Event, Expiry, ObjectState, Stretch};
 
 /// The document: paths from the handlers, schemas from their bodies.
 #[derive(OpenApi)]
@@ -19,14 +20,39 @@ use crate::callback::ObjectIdSchema;
     info(
         title = "lastseen producer",
         description = "Accepts callbacks of object ids and publishes them durably to RabbitMQ, \
-                       for the consumers to check each id against the status service."
+                       for the consumers to check each id against the status service, and answers \
+                       what is known about the objects (the read API)."
     ),
-    paths(handlers::callback, handlers::healthz, handlers::readyz),
+    paths(
+        handlers::callback,
+        handlers::healthz,
+        handlers::readyz,
+        reads::object,
+        reads::objects,
+        reads::history,
+        reads::events,
+        reads::event_stream
+    ),
     modifiers(&ApiKeyScheme),
-    components(schemas(ObjectIdSchema, ErrorBody, ErrorCode, Health, Readiness, ReadinessStatus)),
+    components(schemas(
+        ObjectIdSchema,
+        ErrorBody,
+        ErrorCode,
+        Health,
+        Readiness,
+        ReadinessStatus,
+        ObjectState,
+        Expiry,
+        Stretch,
+        Event,
+        reads::ObjectPage,
+        reads::HistoryPage,
+        reads::EventPage
+    )),
     tags(
         (name = "callbacks", description = "Batches of object ids seen alive"),
         (name = "health", description = "Liveness and readiness probes"),
+        (name = "reads", description = "What is known: objects, their history and the transitions, from PostgreSQL (READ_DATABASE_URL)"),
     )
 )]
 pub struct ApiDoc;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use utoipa::ToSchema;
 
-/// The body of every error answer of `POST /callback`.
+/// The body of every error answer.
 #[derive(ToSchema)]
 #[schema(example = json!({"error": "malformed_json", "message": "malformed JSON: EOF while parsing a list at line 1 column 17"}))]
 pub struct ErrorBody {
@@ -24,8 +24,11 @@ pub struct ErrorBody {
 /// `body_too_large` (413, over MAX_BODY_BYTES), `unsupported_media_type` (415, not
 /// application/json), `invalid_callback` (422, JSON but not a callback), `ttl_too_long`
 /// (422, `ttl_secs` above MAX_TTL_SECS), `unavailable` (503, not accepted now; retry after
-/// Retry-After), `overloaded` (503, MAX_BODY_BYTES_IN_FLIGHT or MAX_CONNECTIONS reached;
-/// retry after Retry-After).
+/// Retry-After), `overloaded` (503, MAX_BODY_BYTES_IN_FLIGHT, MAX_CONNECTIONS or
+/// READ_MAX_STREAMS reached; retry after Retry-After). The read API's: `invalid_parameter`
+/// (400, a path or query parameter it cannot take, named in the message), `unknown_object`
+/// (404), `reads_off` (503, READ_DATABASE_URL unset), `database_unavailable` (503,
+/// PostgreSQL did not answer the read).
 #[derive(ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -41,6 +44,10 @@ pub enum ErrorCode {
     TtlTooLong,
     Unavailable,
     Overloaded,
+    InvalidParameter,
+    UnknownObject,
+    ReadsOff,
+    DatabaseUnavailable,
 }
 
 /// The process is alive.
