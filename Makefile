@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECS ?= 60
 
-.PHONY: run test unit services build build-harness lint latency run-check compose-check ci bench chaos cluster-chaos cluster-bench pg-failover alerts-check fuzz api-fuzz retry-check expiry-bench expiry-hold-check fresh-check memory-check
+.PHONY: run test unit services build build-harness lint latency run-check compose-check ci bench chaos cluster-chaos cluster-bench pg-failover alerts-check browser-check fuzz api-fuzz retry-check expiry-bench expiry-hold-check fresh-check memory-check
 
 ## run: install/start PostgreSQL and RabbitMQ if needed, build, start the whole pipeline
 run: services build
@@ -96,6 +96,10 @@ cluster-bench: services build-harness
 ## alerts-check: promtool check rules and promtool test rules on deploy/prometheus/alerts.yml (installs promtool if missing)
 alerts-check:
 	@scripts/alerts-check.sh
+
+## browser-check: the status page in headless chromium via chromedriver (installs both if missing): it loads with nothing from outside, its numbers are the database's, events arrive live, the search shows an object's history
+browser-check: services
+	@scripts/browser-check.sh
 
 ## fuzz: fuzz the callback body parser (cargo-fuzz, libFuzzer) for FUZZ_SECS seconds (default 60)
 fuzz:

@@ -4,6 +4,7 @@
 
 mod callback;
 mod config;
+mod dashboard;
 mod drain;
 mod http;
 mod publisher;

@@ -127,17 +127,27 @@ impl Application {
         ));
         let reads_stop = CancellationToken::new();
         let reads = match &config.read_database_url {
-            Some(url) => Some(http::ReadApi {
-                pool: lastseen::db::read_pool(
+            Some(url) => {
+                let pool = lastseen::db::read_pool(
                     url,
                     &config.tls,
                     config.read_database_max_connections,
-                )?,
-                streams: Arc::new(tokio::sync::Semaphore::new(
-                    config.read_max_streams as usize,
-                )),
-                shutdown: reads_stop.clone(),
-            }),
+                )?;
+                Some(http::ReadApi {
+                    dashboard: crate::dashboard::Dashboard::new(
+                        pool.clone(),
+                        spool.clone(),
+                        session.clone(),
+                        topology.checks_queue.clone(),
+                        reads_stop.clone(),
+                    ),
+                    pool,
+                    streams: Arc::new(tokio::sync::Semaphore::new(
+                        config.read_max_streams as usize,
+                    )),
+                    shutdown: reads_stop.clone(),
+                })
+            }
             None => None,
         };
         tracing::info!(

@@ -28,5 +28,6 @@ mod schema;
 mod session_breaks;
 mod slow_clients;
 mod spool;
+mod status_page;
 mod tls;
 mod webhook;

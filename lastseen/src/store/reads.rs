@@ -273,6 +273,97 @@ pub async fn events_end(pool: &PgPool) -> sqlx::Result<EventSeq> {
     }
 }
 
+/// How many objects are online now.
+pub async fn online_count(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM objects")
+        .fetch_one(pool)
+        .await
+}
+
+/// How many notifications the relay has not published yet.
+pub async fn unpublished_count(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM notifications WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await
+}
+
+/// The place `back` events before the latest final one (the start, if there are fewer):
+/// where a reader that wants roughly the recent past starts.
+pub async fn events_back(pool: &PgPool, back: i64) -> sqlx::Result<EventSeq> {
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "SELECT raised_in::text, id FROM notifications
+         WHERE raised_in < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY raised_in DESC, id DESC OFFSET $1 LIMIT 1",
+    )
+    .bind(back)
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        None => Ok(EventSeq::START),
+        Some((transaction, id)) => Ok(EventSeq {
+            transaction: parse_xid8(&transaction)?,
+            id,
+        }),
+    }
+}
+
+/// Events of one type raised in one minute.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MinuteCount {
+    pub minute: DateTime<Utc>,
+    pub kind: String,
+    pub count: i64,
+}
+
+/// How many events of each type were raised in each minute since `since`, among those
+/// after `after` up to and including `upto` in replay order (a range [`events_end`] and
+/// its predecessors give: every event is counted once over consecutive ranges).
+pub async fn minute_counts(
+    pool: &PgPool,
+    after: EventSeq,
+    upto: EventSeq,
+    since: DateTime<Utc>,
+) -> sqlx::Result<Vec<MinuteCount>> {
+    sqlx::query_as(
+        "SELECT date_trunc('minute', created_at) AS minute, routing_key AS kind, count(*) AS count
+         FROM notifications
+         WHERE (raised_in, id) > ($1::text::xid8, $2) AND (raised_in, id) <= ($3::text::xid8, $4)
+           AND created_at >= $5
+         GROUP BY 1, 2",
+    )
+    .bind(after.transaction.to_string())
+    .bind(after.id)
+    .bind(upto.transaction.to_string())
+    .bind(upto.id)
+    .bind(since)
+    .fetch_all(pool)
+    .await
+}
+
+/// The latest event of type `kind` after `after` up to `upto`, if any.
+pub async fn latest_of_kind(
+    pool: &PgPool,
+    kind: &str,
+    after: EventSeq,
+    upto: EventSeq,
+) -> sqlx::Result<Option<Event>> {
+    let row: Option<EventRow> = sqlx::query_as(
+        "SELECT raised_in::text AS raised_in, id, routing_key, object_id, payload, created_at
+         FROM notifications
+         WHERE (raised_in, id) > ($1::text::xid8, $2) AND (raised_in, id) <= ($3::text::xid8, $4)
+           AND routing_key = $5
+         ORDER BY raised_in DESC, id DESC LIMIT 1",
+    )
+    .bind(after.transaction.to_string())
+    .bind(after.id)
+    .bind(upto.transaction.to_string())
+    .bind(upto.id)
+    .bind(kind)
+    .fetch_optional(pool)
+    .await?;
+    row.map(EventRow::into_event).transpose()
+}
+
 fn parse_xid8(text: &str) -> sqlx::Result<u64> {
     text.parse()
         .map_err(|_| sqlx::Error::Decode(format!("not a transaction id: {text:?}").into()))

@@ -10,6 +10,7 @@ mod openapi;
 mod reads;
 mod schemas;
 mod server;
+mod status_page;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,9 @@ pub fn router(state: AppState, keys: ApiKeys, body_timeout: Duration) -> Router 
         .route("/objects/{id}/history", get(reads::history))
         .route("/events", get(reads::events))
         .route("/events/stream", get(reads::event_stream))
+        .route("/", get(status_page::root))
+        .route("/status", get(status_page::page))
+        .route("/status/figures", get(status_page::figures))
         .route_layer(axum::middleware::from_fn_with_state(
             keys.clone(),
             api_keys::authenticate,

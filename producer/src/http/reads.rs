@@ -40,6 +40,8 @@ const AFTER_EVERY_EXPIRY: DateTime<Utc> = DateTime::from_timestamp(253_402_300_7
 #[derive(Clone)]
 pub struct ReadApi {
     pub pool: PgPool,
+    /// The status page's figures.
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
     pub streams: Arc<Semaphore>,
     pub shutdown: CancellationToken,
 }
