@@ -4,11 +4,15 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECS ?= 60
 
-.PHONY: run test unit services build build-harness lint latency run-check compose-check ci bench chaos cluster-chaos cluster-bench pg-failover alerts-check browser-check fuzz api-fuzz retry-check expiry-bench expiry-hold-check fresh-check memory-check
+.PHONY: run stop test unit services build build-harness lint latency run-check compose-check ci bench chaos cluster-chaos cluster-bench pg-failover alerts-check browser-check status-screenshot fuzz api-fuzz retry-check expiry-bench expiry-hold-check fresh-check memory-check
 
 ## run: install/start PostgreSQL and RabbitMQ if needed, build, start the whole pipeline
 run: services build
 	@scripts/run.sh
+
+## stop: stop a running `make run` (from another terminal), as Ctrl-C would
+stop:
+	@scripts/stop.sh
 
 ## test: install/start the services if needed, then run the whole test suite (and services.sh's own paths, against stand-ins)
 test: services
@@ -100,6 +104,10 @@ alerts-check:
 ## browser-check: the status page in headless chromium via chromedriver (installs both if missing): it loads with nothing from outside, its numbers are the database's, events arrive live, the search shows an object's history
 browser-check: services
 	@scripts/browser-check.sh
+
+## status-screenshot: docs/status-page.png from the status page of a running `make run` (object 42 searched)
+status-screenshot:
+	@scripts/status-screenshot.sh
 
 ## fuzz: fuzz the callback body parser (cargo-fuzz, libFuzzer) for FUZZ_SECS seconds (default 60)
 fuzz:

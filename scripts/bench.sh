@@ -8,7 +8,7 @@
 # connect() uses half of it) is too small and makes connect() scan it. As root, this
 # widens it for the machine while the bench runs and puts it back when the bench ends,
 # also on a failure or Ctrl-C (not if this script is killed with SIGKILL;
-# BENCH_TUNE_PORTS=0 to leave it alone); see the README.
+# BENCH_TUNE_PORTS=0 to leave it alone); see docs/performance.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The bench's own listeners (19100-19199) are reserved while the range is wide, or an

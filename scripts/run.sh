@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the pipeline from release binaries: the status simulator (unless TESTER=off),
 # the producer, two consumers, the sweeper and the callback driver (unless TESTER=off).
-# Logs go to target/run/*.log. Ctrl-C (or SIGTERM) stops everything cleanly.
+# Logs go to target/run/*.log. Ctrl-C (or SIGTERM, or `make stop` from another terminal)
+# stops everything cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,10 +26,16 @@ stop() {
   # The driver first, so nothing new arrives, then the rest.
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait || true
+  rm -f "$LOGS/run.pid"
   echo "stopped."
   exit 0
 }
 trap stop INT TERM
+if [ -f "$LOGS/run.pid" ] && kill -0 "$(cat "$LOGS/run.pid")" 2>/dev/null; then
+  echo "make run is already running (pid $(cat "$LOGS/run.pid")); make stop stops it"
+  exit 1
+fi
+echo $$ >"$LOGS/run.pid"
 
 echo "starting the last-seen pipeline:"
 if [ "$TESTER" != "off" ]; then
@@ -46,6 +53,7 @@ fi
 cat <<INFO
 
 Where to look:
+  status page    http://127.0.0.1:9090/status   (what is online, events live, any object's history)
   callbacks      POST http://127.0.0.1:9090/callback   e.g.
                  curl -XPOST -H 'content-type: application/json' -d '{"object_ids":[1,2,3]}' http://127.0.0.1:9090/callback
   RabbitMQ UI    http://127.0.0.1:15672  (login guest / guest)
@@ -54,7 +62,7 @@ Where to look:
                  each also serves /healthz and /readyz
   status service http://127.0.0.1:9010/objects/42 $( [ "$TESTER" = "off" ] && echo "(TESTER=off: bring your own)" )
 
-Ctrl-C stops everything.
+Ctrl-C (or make stop) stops everything.
 INFO
 
 # If any component dies, say so (and keep the others running).

@@ -16,7 +16,18 @@ pub fn binaries() -> anyhow::Result<PathBuf> {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = std::process::Command::new(cargo)
                 .args([
-                    "build", "-q", "-p", "producer", "-p", "consumer", "-p", "sweeper",
+                    "build",
+                    "-q",
+                    "-p",
+                    "producer",
+                    "-p",
+                    "consumer",
+                    "-p",
+                    "sweeper",
+                    "-p",
+                    "tester",
+                    "-p",
+                    "lastseenctl",
                 ])
                 .status()
                 .map_err(|e| format!("cannot run cargo build: {e}"))?;

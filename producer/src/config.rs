@@ -24,7 +24,7 @@ pub struct Config {
     pub max_body_bytes: u64,
 
     /// How many ids one check message carries (1 = one message per id). Several ids per
-    /// message cut the broker's per-message cost (see the README's performance section);
+    /// message cut the broker's per-message cost (see docs/performance.md);
     /// a retry or dead letter still holds only the ids that failed.
     #[arg(long, env = "IDS_PER_MESSAGE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub ids_per_message: u32,

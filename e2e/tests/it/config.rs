@@ -70,11 +70,21 @@ mod producer {
 
     #[test]
     fn help_and_a_bad_url_never_show_its_password() {
-        assert_secret_not_shown(&binary("producer"), &["--help"], &SECRET_URLS);
+        let mut settings = SECRET_URLS.to_vec();
+        settings.push((
+            "READ_DATABASE_URL",
+            "postgres://analyst:secretpw@127.0.0.1/db",
+        ));
+        assert_secret_not_shown(&binary("producer"), &["--help"], &settings);
         assert_bad_secret_setting_is_refused_unshown(
             &binary("producer"),
             "AMQP_URL",
             "amqp://u:secretpw@127.0.0.1:notaport/%2f",
+        );
+        assert_bad_secret_setting_is_refused_unshown(
+            &binary("producer"),
+            "READ_DATABASE_URL",
+            "postgres://analyst:secretpw@127.0.0.1:notaport/db",
         );
     }
 
@@ -92,6 +102,9 @@ mod producer {
                 "IDS_PER_MESSAGE",
                 "CALLBACK_API_KEYS",
                 "CALLBACK_API_KEYS_FILE",
+                "READ_DATABASE_URL",
+                "READ_DATABASE_MAX_CONNECTIONS",
+                "READ_MAX_STREAMS",
                 "TLS_CA_FILE",
                 "TLS_CLIENT_CERT",
                 "TLS_CLIENT_KEY",
@@ -239,5 +252,55 @@ mod sweeper {
     #[test]
     fn a_zero_expiry_hold_exits_2_naming_it() {
         assert_bad_setting_is_refused(&binary("sweeper"), "MAX_EXPIRY_HOLD_SECS", "0");
+    }
+}
+
+/// `.env` (every default) and `.env.example` (a deployment's template) name only settings
+/// some binary takes: a renamed or removed setting cannot linger in either.
+#[test]
+fn the_env_files_name_only_real_settings() {
+    let mut known = std::collections::HashSet::new();
+    for command in [
+        vec!["producer", "--help"],
+        vec!["consumer", "--help"],
+        vec!["sweeper", "--help"],
+        vec!["tester", "serve", "--help"],
+        vec!["tester", "drive", "--help"],
+        vec!["lastseenctl", "replay-dead-letters", "--help"],
+    ] {
+        let output = Command::new(binary(command[0]))
+            .args(&command[1..])
+            .output()
+            .expect("the binary runs");
+        let help = String::from_utf8_lossy(&output.stdout).into_owned();
+        for part in help.split("[env: ").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            known.insert(name);
+        }
+    }
+    assert!(known.contains("READ_DATABASE_URL"), "{known:?}");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in [".env", ".env.example"] {
+        let text = std::fs::read_to_string(root.join(file)).expect("the file is there");
+        for line in text.lines() {
+            let line = line.trim_start_matches("# ").trim();
+            let Some((name, _)) = line.split_once('=') else {
+                continue;
+            };
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                continue;
+            }
+            assert!(
+                known.contains(name),
+                "{file} names {name}, which no binary takes"
+            );
+        }
     }
 }

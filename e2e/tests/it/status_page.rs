@@ -161,8 +161,24 @@ async fn the_status_page_shows_the_database_live_and_an_objects_history() -> any
             assert!(name.starts_with(&base), "fetched from outside: {name}");
         }
 
-        // A new event shows without a reload.
+        // The latest 25 events at once, the newest first.
         until_text(&page, "#stream-state", "live").await?;
+        let mut shown_events = 0;
+        for _ in 0..100 {
+            shown_events = page.find_all(Locator::Css("#events li")).await?.len();
+            if shown_events == 25 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(shown_events, 25, "the latest 25 events");
+        let newest: i64 = sqlx::query_scalar("SELECT max(id) FROM notifications")
+            .fetch_one(&env.pool)
+            .await?;
+        let first = page.find(Locator::Css("#events li")).await?;
+        assert_eq!(first.attr("data-id").await?, Some(newest.to_string()));
+
+        // A new event shows without a reload.
         sqlx::query(
             "INSERT INTO notifications (routing_key, object_id, payload)
              VALUES ('object.online', 424242, '{\"object_id\": 424242}')",

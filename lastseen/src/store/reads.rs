@@ -78,6 +78,20 @@ impl EventSeq {
     };
 }
 
+impl EventSeq {
+    /// The place just before this one: reading on from it starts with this event.
+    pub fn predecessor(self) -> Self {
+        if self.id > 0 {
+            Self {
+                id: self.id - 1,
+                ..self
+            }
+        } else {
+            Self::START
+        }
+    }
+}
+
 impl fmt::Display for EventSeq {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if *self == Self::START {

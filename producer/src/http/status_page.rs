@@ -16,8 +16,12 @@ use lastseen::topology::{
 use super::AppState;
 use super::reads::ReadError;
 use crate::dashboard::Figures;
+use lastseen::store::reads::{self, EventSeq};
 
 const TEMPLATE: &str = include_str!("status_page.html");
+
+/// Events the page shows at once, before the live ones.
+const RECENT_EVENTS: i64 = 25;
 
 /// `GET /`: to the status page.
 pub async fn root() -> Redirect {
@@ -27,7 +31,9 @@ pub async fn root() -> Redirect {
 /// `GET /status`: the page, its figures filled in.
 pub async fn page(State(state): State<Arc<AppState>>) -> Result<Response, ReadError> {
     let figures = state.dashboard()?.figures().await;
-    let page = render(&figures);
+    let reads = state.reads.as_ref().ok_or(ReadError::Off)?;
+    let recent = reads::events_back(&reads.pool, RECENT_EVENTS - 1).await?;
+    let page = render(&figures, recent);
     Ok(([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response())
 }
 
@@ -37,8 +43,8 @@ pub async fn figures(State(state): State<Arc<AppState>>) -> Result<Json<Figures>
 }
 
 /// The page with `figures` in place (escaped for HTML; the JSON copy for the script
-/// cannot close its `<script>`).
-fn render(figures: &Figures) -> String {
+/// cannot close its `<script>`), its live events starting with the one at `stream_after`.
+fn render(figures: &Figures, stream_after: EventSeq) -> String {
     let number = |n: Option<i64>| n.map_or_else(|| "–".to_owned(), group_thousands);
     let hour = |pick: fn(&crate::dashboard::Minute) -> i64| {
         Some(figures.minutes.iter().map(pick).sum::<i64>())
@@ -75,6 +81,7 @@ fn render(figures: &Figures) -> String {
         .replace("{{spool}}", &number(i64::try_from(figures.spool_ids).ok()))
         .replace("{{unpublished}}", &number(figures.unpublished))
         .replace("{{kinds_json}}", &kinds)
+        .replace("{{stream_after}}", &stream_after.predecessor().to_string())
         .replace("{{figures_json}}", &json)
 }
 
@@ -119,7 +126,7 @@ mod tests {
             error: Some("</script><b>".into()),
             ..Figures::default()
         };
-        let page = render(&figures);
+        let page = render(&figures, EventSeq::START);
         assert!(!page.contains("{{"), "a placeholder is left");
         assert!(!page.contains("</script><b>"));
         for outside in ["src=\"http", "href=\"http", "url(http", "@import"] {
