@@ -1,3 +1,7 @@
 //! Operator commands for a running pipeline, behind the `lastseenctl` binary.
 
+pub mod dead_letters;
+pub mod doctor;
+pub mod lookup;
 pub mod replay;
+pub mod spool;

@@ -2,6 +2,7 @@
 //! the real producer, consumers and sweeper against the machine's PostgreSQL and
 //! RabbitMQ on its own database and queue names (`e2e::TestEnv`).
 
+mod admin;
 mod analyst;
 mod api_document;
 mod api_keys;
