@@ -1,6 +1,7 @@
 //! The status page's figures: objects online, events per minute over the last hour
 //! (followed along the event log, each event counted once), notifications not yet
-//! published, the expiry hold, the work backlog and this producer's spool. One task
+//! published, the expiry hold, the work backlog, this producer's spool and the latest
+//! events. One task
 //! refreshes them every 2 s for every viewer, from the first view on; nothing of it runs
 //! on a producer nobody looks at.
 
@@ -23,6 +24,8 @@ use crate::spool::Spool;
 const REFRESH: Duration = Duration::from_secs(2);
 /// Minutes the chart covers.
 const MINUTES: i64 = 60;
+/// Events the page lists.
+const LATEST_EVENTS: i64 = 25;
 /// Most events counted back at the first view: the last hour, or this many events of it
 /// (then the chart starts later; `counted_since` says where).
 const BACKFILL_EVENTS: i64 = 500_000;
@@ -47,6 +50,8 @@ pub struct Figures {
     pub minutes: Vec<Minute>,
     /// The first minute the counts cover completely.
     pub counted_since: Option<DateTime<Utc>>,
+    /// The latest events, the newest first.
+    pub latest_events: Vec<reads::Event>,
     /// What failed at the last refresh, if anything.
     pub error: Option<String>,
 }
@@ -140,6 +145,10 @@ impl Dashboard {
                 }
                 Err(err) => figures.error = Some(format!("PostgreSQL: {err}")),
             }
+            match latest_events(&self.pool).await {
+                Ok(events) => figures.latest_events = events,
+                Err(err) => figures.error = Some(format!("PostgreSQL: {err}")),
+            }
             figures.backlog = self.backlog(&mut channel).await;
             figures.at = Some(Utc::now());
             *self
@@ -171,6 +180,18 @@ impl Dashboard {
             }
         }
     }
+}
+
+/// The latest [`LATEST_EVENTS`] final events, the newest first: two index reads, whatever
+/// the rate of events (the page shows these rather than a stream of every event, which at
+/// thousands a second would cost the browser and the producer more than the page is worth).
+async fn latest_events(pool: &PgPool) -> sqlx::Result<Vec<reads::Event>> {
+    let from = reads::events_back(pool, LATEST_EVENTS - 1)
+        .await?
+        .predecessor();
+    let mut events = reads::events(pool, from, LATEST_EVENTS).await?;
+    events.reverse();
+    Ok(events)
 }
 
 /// Counts along the event log: each refresh counts the events that became final since

@@ -7,6 +7,7 @@ mod load;
 mod observe;
 mod ports;
 mod raw;
+mod readers;
 mod report;
 mod usage;
 
@@ -92,6 +93,11 @@ pub struct BenchArgs {
         default_value = "http://127.0.0.1:15672"
     )]
     pub management_url: String,
+    /// Readers beside the load: the status page open in headless chromium and an API
+    /// client asking `/objects?state=online` every second (the producer reads as the
+    /// `analyst` login).
+    #[arg(long, env = "BENCH_READERS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub readers: bool,
 }
 
 /// Ports the benchmark's processes use, away from `make run`'s.
@@ -244,6 +250,7 @@ async fn run_once(
             ("CALLBACK_ADDR", format!("127.0.0.1:{CALLBACK_PORT}")),
             ("IDS_PER_MESSAGE", args.ids_per_message.to_string()),
             ("SPOOL_PATH", spool.display().to_string()),
+            ("READ_DATABASE_URL", analyst_url(&args.database_url)?),
         ]),
     )?;
     for i in 1..=args.consumers {
@@ -275,6 +282,14 @@ async fn run_once(
     // Give the consumers a moment to subscribe.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    let readers = if args.readers {
+        Some(readers::start(
+            &format!("http://127.0.0.1:{CALLBACK_PORT}"),
+            &logs,
+        )?)
+    } else {
+        None
+    };
     let counters = Arc::new(load::LoadCounters::default());
     let (tracked_tx, tracked_rx) = tokio::sync::mpsc::unbounded_channel();
     let stop = shutdown.child_token();
@@ -309,10 +324,22 @@ async fn run_once(
     )
     .await?;
     let observed = observing.await.context("the observer panicked")??;
+    let read = match readers {
+        Some(readers) => Some(readers.finish().await),
+        None => None,
+    };
     pipeline.stop_all(Duration::from_secs(15)).await;
     pool.close().await;
     crate::broker_admin::delete_local_queues(&args.amqp_url, PREFIX).await;
-    Ok(report::summarize(
-        args, rate, &counters, outcome, observed, raw,
-    ))
+    let mut result = report::summarize(args, rate, &counters, outcome, observed, raw);
+    result.readers = read;
+    Ok(result)
+}
+
+/// The run's database as the read-only `analyst` login (`make services` creates it).
+fn analyst_url(database_url: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(database_url).context("BENCH_DATABASE_URL is not a URL")?;
+    let _ = url.set_username("analyst");
+    let _ = url.set_password(Some("analyst"));
+    Ok(url.to_string())
 }

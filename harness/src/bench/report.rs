@@ -52,6 +52,8 @@ pub struct RunResult {
     pub slowest_part: Option<String>,
     pub fraction_of_slowest_part: Option<f64>,
     pub sustained: bool,
+    /// What the readers did, with `BENCH_READERS=1`.
+    pub readers: Option<super::readers::ReadFigures>,
     pub samples: Vec<Sample>,
 }
 
@@ -198,6 +200,7 @@ pub fn summarize(
         slowest_part: slowest.as_ref().map(|s| s.0.clone()),
         fraction_of_slowest_part: slowest.map(|s| round3(ids_per_sec_stored / s.1.max(1e-9))),
         sustained,
+        readers: None,
         samples,
     }
 }
@@ -257,6 +260,20 @@ pub fn markdown(r: &RunResult) -> String {
         ("peak checks in flight", r.peak_in_flight.to_string()),
         ("sustained", r.sustained.to_string()),
     ];
+    let mut rows = rows;
+    if let Some(read) = &r.readers {
+        rows.push((
+            "readers: status page open in chromium",
+            read.status_page_open.to_string(),
+        ));
+        rows.push((
+            "readers: GET /objects?state=online each second, p50 / p99 (ms)",
+            format!(
+                "{} polls, {} failed; {:.1} / {:.1}",
+                read.api_polls, read.api_failures, read.api_p50_ms, read.api_p99_ms
+            ),
+        ));
+    }
     for (k, v) in rows {
         s.push_str(&format!("| {k} | {v} |\n"));
     }

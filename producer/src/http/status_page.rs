@@ -1,6 +1,6 @@
 //! The live status page, `GET /status`: server-rendered HTML with its figures in place, a
-//! little JavaScript that refreshes them from `GET /status/figures`, shows events live from
-//! `/events/stream` and an object's history from the read API. No asset from anywhere
+//! little JavaScript that refreshes them (and the latest events) from `GET /status/figures`
+//! every 2 s and shows an object's history from the read API. No asset from anywhere
 //! else: it works with no internet.
 
 use std::sync::Arc;
@@ -9,19 +9,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use lastseen::topology::{
-    DIGEST_ROUTING_KEY, EXPIRED_ROUTING_KEY, LAGGING_ROUTING_KEY, ONLINE_ROUTING_KEY,
-};
 
 use super::AppState;
 use super::reads::ReadError;
 use crate::dashboard::Figures;
-use lastseen::store::reads::{self, EventSeq};
 
 const TEMPLATE: &str = include_str!("status_page.html");
-
-/// Events the page shows at once, before the live ones.
-const RECENT_EVENTS: i64 = 25;
 
 /// `GET /`: to the status page.
 pub async fn root() -> Redirect {
@@ -31,9 +24,7 @@ pub async fn root() -> Redirect {
 /// `GET /status`: the page, its figures filled in.
 pub async fn page(State(state): State<Arc<AppState>>) -> Result<Response, ReadError> {
     let figures = state.dashboard()?.figures().await;
-    let reads = state.reads.as_ref().ok_or(ReadError::Off)?;
-    let recent = reads::events_back(&reads.pool, RECENT_EVENTS - 1).await?;
-    let page = render(&figures, recent);
+    let page = render(&figures);
     Ok(([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response())
 }
 
@@ -43,8 +34,8 @@ pub async fn figures(State(state): State<Arc<AppState>>) -> Result<Json<Figures>
 }
 
 /// The page with `figures` in place (escaped for HTML; the JSON copy for the script
-/// cannot close its `<script>`), its live events starting with the one at `stream_after`.
-fn render(figures: &Figures, stream_after: EventSeq) -> String {
+/// cannot close its `<script>`).
+fn render(figures: &Figures) -> String {
     let number = |n: Option<i64>| n.map_or_else(|| "–".to_owned(), group_thousands);
     let hour = |pick: fn(&crate::dashboard::Minute) -> i64| {
         Some(figures.minutes.iter().map(pick).sum::<i64>())
@@ -59,13 +50,6 @@ fn render(figures: &Figures, stream_after: EventSeq) -> String {
     let json = serde_json::to_string(figures)
         .unwrap_or_else(|_| "{}".to_owned())
         .replace("</", "<\\/");
-    let kinds = serde_json::json!([
-        ONLINE_ROUTING_KEY,
-        EXPIRED_ROUTING_KEY,
-        DIGEST_ROUTING_KEY,
-        LAGGING_ROUTING_KEY
-    ])
-    .to_string();
     TEMPLATE
         .replace(
             "{{at}}",
@@ -80,8 +64,6 @@ fn render(figures: &Figures, stream_after: EventSeq) -> String {
         .replace("{{backlog}}", &number(figures.backlog.map(i64::from)))
         .replace("{{spool}}", &number(i64::try_from(figures.spool_ids).ok()))
         .replace("{{unpublished}}", &number(figures.unpublished))
-        .replace("{{kinds_json}}", &kinds)
-        .replace("{{stream_after}}", &stream_after.predecessor().to_string())
         .replace("{{figures_json}}", &json)
 }
 
@@ -126,7 +108,7 @@ mod tests {
             error: Some("</script><b>".into()),
             ..Figures::default()
         };
-        let page = render(&figures, EventSeq::START);
+        let page = render(&figures);
         assert!(!page.contains("{{"), "a placeholder is left");
         assert!(!page.contains("</script><b>"));
         for outside in ["src=\"http", "href=\"http", "url(http", "@import"] {
