@@ -89,19 +89,9 @@ if ! PGPASSWORD=postgres psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres
 fi
 
 # The analysts' login: read-only through the lastseen_analyst role (created by the
-# migrations; created here too so the login works before the first migration).
-as_postgres psql -p "$pg_port" -q >/dev/null 2>&1 <<'SQL' || log "could not create the analyst login (the README's SQL section uses it)"
-DO $$
-BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lastseen_analyst') THEN
-    CREATE ROLE lastseen_analyst NOLOGIN;
-  END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'analyst') THEN
-    CREATE ROLE analyst LOGIN PASSWORD 'analyst' IN ROLE lastseen_analyst;
-  END IF;
-END
-$$;
-SQL
+# migrations; created here too so the login works before the first migration). The same
+# file sets it up in the compose file's PostgreSQL.
+as_postgres psql -p "$pg_port" -q >/dev/null 2>&1 <"$(dirname "$0")/../deploy/postgres/analyst.sql" || log "could not create the analyst login (the README's SQL section and the read API use it)"
 
 # --- RabbitMQ ------------------------------------------------------------------------
 # `rabbitmqctl status` answers once the node runs; `await_startup` then waits for its

@@ -341,6 +341,28 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Dead-letters a check message of `ids` as the consumer leaves one after
+    /// `MAX_ATTEMPTS` (10 attempts, `reason` in `x-reason`, request id `req-7`).
+    pub async fn dead_letter(&self, ids: &[i64], reason: &str) -> anyhow::Result<()> {
+        use lapin::types::{AMQPValue, FieldTable};
+        let mut headers = FieldTable::default();
+        headers.insert("x-attempt".into(), AMQPValue::LongLongInt(10));
+        headers.insert("x-reason".into(), AMQPValue::LongString(reason.into()));
+        headers.insert("x-request-id".into(), AMQPValue::LongString("req-7".into()));
+        let body = serde_json::json!({ "object_ids": ids, "accepted_at": chrono::Utc::now() });
+        self.channel
+            .basic_publish(
+                self.topology().dead_letter_exchange.as_str().into(),
+                "".into(),
+                lapin::options::BasicPublishOptions::default(),
+                body.to_string().as_bytes(),
+                lastseen::amqp::persistent_json().with_headers(headers),
+            )
+            .await?
+            .await?;
+        Ok(())
+    }
+
     /// Puts objects `ids` straight into `objects`, first and last seen 30 s before
     /// `deadline`: for tests of what happens at and after a deadline.
     pub async fn insert_objects(

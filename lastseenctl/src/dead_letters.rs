@@ -6,29 +6,17 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use lapin::options::{BasicGetOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 use lastseen::CheckMessage;
 use lastseen::amqp;
-use lastseen::config::AmqpArgs;
 use lastseen::contract::header;
-use lastseen::tls::TlsArgs;
-use lastseen::topology::{Topology, TopologyArgs};
+use lastseen::topology::Topology;
 
+use crate::broker::{QueueArgs, connect};
 use crate::replay::{self, ReplayArgs};
-
-/// Where the dead letters are.
-#[derive(Debug, Clone, Args)]
-pub struct QueueArgs {
-    #[command(flatten)]
-    pub amqp: AmqpArgs,
-    #[command(flatten)]
-    pub tls: TlsArgs,
-    #[command(flatten)]
-    pub topology: TopologyArgs,
-}
 
 /// What to do with the dead letters.
 #[derive(Debug, Subcommand)]
@@ -140,13 +128,7 @@ async fn browse(queue: &QueueArgs, limit: u32) -> anyhow::Result<Browsed> {
 }
 
 async fn open(queue: &QueueArgs) -> anyhow::Result<(Connection, Channel, Topology)> {
-    queue.tls.check()?;
-    let topology = Topology::new(&queue.topology);
-    let connection = amqp::connect(
-        &amqp::Broker::new(&queue.amqp.amqp_url, &queue.tls),
-        "lastseenctl",
-    )
-    .await?;
+    let (connection, topology) = connect(queue, "lastseenctl").await?;
     let channel = connection.create_channel().await?;
     Ok((connection, channel, topology))
 }

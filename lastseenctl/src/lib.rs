@@ -1,5 +1,6 @@
 //! Operator commands for a running pipeline, behind the `lastseenctl` binary.
 
+pub mod broker;
 pub mod dead_letters;
 pub mod doctor;
 pub mod lookup;

@@ -9,9 +9,9 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::AMQPValue;
 use lastseen::CheckMessage;
 use lastseen::amqp;
-use lastseen::config::AmqpArgs;
-use lastseen::tls::TlsArgs;
-use lastseen::topology::{CHECK_ROUTING_KEY, Topology, TopologyArgs};
+use lastseen::topology::CHECK_ROUTING_KEY;
+
+use crate::broker::{QueueArgs, connect};
 
 /// Settings of `lastseenctl replay-dead-letters`.
 #[derive(Debug, Clone, Args)]
@@ -22,13 +22,7 @@ pub struct ReplayArgs {
     pub limit: Option<u64>,
 
     #[command(flatten)]
-    pub amqp: AmqpArgs,
-
-    #[command(flatten)]
-    pub tls: TlsArgs,
-
-    #[command(flatten)]
-    pub topology: TopologyArgs,
+    pub queue: QueueArgs,
 }
 
 /// What a replay moved.
@@ -62,13 +56,7 @@ impl std::fmt::Display for Replayed {
 
 /// Moves dead letters back to work; returns what it moved.
 pub async fn run(args: ReplayArgs) -> anyhow::Result<Replayed> {
-    args.tls.check()?;
-    let topology = Topology::new(&args.topology);
-    let connection = amqp::connect(
-        &amqp::Broker::new(&args.amqp.amqp_url, &args.tls),
-        "replay-dead-letters",
-    )
-    .await?;
+    let (connection, topology) = connect(&args.queue, "replay-dead-letters").await?;
     let channel = amqp::confirm_channel(&connection).await?;
     topology.declare(&channel).await?;
     let waiting = amqp::queue_counts(&channel, &topology.dead_letter_queue)

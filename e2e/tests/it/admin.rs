@@ -7,9 +7,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use e2e::{Status, TestEnv, base_of};
-use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, FieldTable};
-use serde_json::json;
 
 /// Runs `lastseenctl args...` with the test's settings in its environment.
 fn lastseenctl(env: &TestEnv, args: &[&str], extra: &[(&str, &str)]) -> Output {
@@ -41,31 +38,14 @@ fn text(output: &Output) -> String {
     )
 }
 
-async fn dead_letter(env: &TestEnv, ids: &[i64], reason: &str) -> anyhow::Result<()> {
-    let mut headers = FieldTable::default();
-    headers.insert("x-attempt".into(), AMQPValue::LongLongInt(10));
-    headers.insert("x-reason".into(), AMQPValue::LongString(reason.into()));
-    headers.insert("x-request-id".into(), AMQPValue::LongString("req-7".into()));
-    let body = json!({ "object_ids": ids, "accepted_at": chrono::Utc::now() }).to_string();
-    env.channel
-        .basic_publish(
-            env.topology().dead_letter_exchange.as_str().into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            lastseen::amqp::persistent_json().with_headers(headers),
-        )
-        .await?
-        .await?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_and_peeked_in_place_and_purged_only_when_confirmed()
 -> anyhow::Result<()> {
     let env = TestEnv::start(Status::default()).await?;
-    dead_letter(&env, &[1, 2, 3], "status service answered 500").await?;
-    dead_letter(&env, &[40, 41], "status service timed out after 10s").await?;
+    env.dead_letter(&[1, 2, 3], "status service answered 500")
+        .await?;
+    env.dead_letter(&[40, 41], "status service timed out after 10s")
+        .await?;
     let dead = env.topology().dead_letter_queue;
     assert!(
         env.eventually(Duration::from_secs(5), || async {

@@ -331,6 +331,57 @@ async fn events_come_exactly_once_across_out_of_order_commits_and_reader_restart
     env.teardown().await
 }
 
+/// Transactions are ordered as numbers, also where their ids gain a digit (9, then 10):
+/// the replay order, the end of the log and the place `n` events back all follow it.
+#[tokio::test]
+async fn events_follow_transaction_numbers_not_their_digits() -> anyhow::Result<()> {
+    let mut env = TestEnv::start(Status::default()).await?;
+    let base = reading_producer(&mut env, &[]).await?;
+    let mut ids = Vec::new();
+    for transaction in ["10", "9"] {
+        ids.push(
+            sqlx::query_scalar::<_, i64>(
+                "INSERT INTO notifications (routing_key, object_id, payload, raised_in)
+                 VALUES ('object.online', 1, '{}', $1::text::xid8) RETURNING id",
+            )
+            .bind(transaction)
+            .fetch_one(&env.pool)
+            .await?,
+        );
+    }
+    let (in_ten, in_nine) = (ids[0], ids[1]);
+    let (all, _) = read_on(&base, "0", 1).await?;
+    assert_eq!(all, vec![in_nine, in_ten], "transaction 9 before 10");
+
+    // The stream starts after the latest event: transaction 10's.
+    let client = lastseen::tls::http_client().build()?;
+    let mut stream = client.get(format!("{base}/events/stream")).send().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = raise(&env, 2).await?;
+    let mut text = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(&format!("\"id\":{later},")) {
+                break;
+            }
+        }
+    })
+    .await;
+    let sent: Vec<String> = sse_events(&text)
+        .into_iter()
+        .map(|(_, data)| data)
+        .filter(|d| !d.is_empty())
+        .collect();
+    assert_eq!(
+        sent.len(),
+        1,
+        "only the event raised after the stream began: {text:?}"
+    );
+    assert!(sent[0].contains(&format!("\"id\":{later},")), "{text:?}");
+    env.teardown().await
+}
+
 /// The live stream sends events as they become final, each with its `seq` as the SSE id,
 /// and a client resuming with `Last-Event-ID` gets the ones after it.
 #[tokio::test]

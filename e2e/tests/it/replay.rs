@@ -6,8 +6,6 @@ use std::time::Duration;
 use clap::Parser;
 use e2e::{Status, TestEnv};
 use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, FieldTable};
-use serde_json::json;
 
 /// The command line of the replay, as an admin would type it.
 #[derive(Parser)]
@@ -22,23 +20,7 @@ async fn replayed_dead_letters_go_back_to_work_and_their_ids_are_stored() -> any
     let topology = env.topology();
     // Two letters as the consumer leaves them after MAX_ATTEMPTS.
     for ids in [vec![1, 2, 3], vec![40, 41]] {
-        let mut headers = FieldTable::default();
-        headers.insert("x-attempt".into(), AMQPValue::LongLongInt(10));
-        headers.insert(
-            "x-reason".into(),
-            AMQPValue::LongString("status service answered 500".into()),
-        );
-        let body = json!({ "object_ids": ids, "accepted_at": chrono::Utc::now() }).to_string();
-        env.channel
-            .basic_publish(
-                topology.dead_letter_exchange.as_str().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                lastseen::amqp::persistent_json().with_headers(headers),
-            )
-            .await?
-            .await?;
+        env.dead_letter(&ids, "status service answered 500").await?;
     }
     let dead = topology.dead_letter_queue.clone();
     let arrived = env

@@ -254,7 +254,7 @@ pub async fn stretches(
 /// returned misses none and repeats none.
 pub async fn events(pool: &PgPool, after: EventSeq, limit: i64) -> sqlx::Result<Vec<Event>> {
     let rows: Vec<EventRow> = sqlx::query_as(
-        "SELECT raised_in::text AS raised_in, id, routing_key, object_id, payload, created_at
+        "SELECT raised_in::text AS tx, id, routing_key, object_id, payload, created_at
          FROM notifications
          WHERE (raised_in, id) > ($1::text::xid8, $2)
            AND raised_in < pg_snapshot_xmin(pg_current_snapshot())
@@ -272,7 +272,7 @@ pub async fn events(pool: &PgPool, after: EventSeq, limit: i64) -> sqlx::Result<
 /// from now on.
 pub async fn events_end(pool: &PgPool) -> sqlx::Result<EventSeq> {
     let row: Option<(String, i64)> = sqlx::query_as(
-        "SELECT raised_in::text, id FROM notifications
+        "SELECT raised_in::text AS tx, id FROM notifications
          WHERE raised_in < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY raised_in DESC, id DESC LIMIT 1",
     )
@@ -305,7 +305,7 @@ pub async fn unpublished_count(pool: &PgPool) -> sqlx::Result<i64> {
 /// where a reader that wants roughly the recent past starts.
 pub async fn events_back(pool: &PgPool, back: i64) -> sqlx::Result<EventSeq> {
     let row: Option<(String, i64)> = sqlx::query_as(
-        "SELECT raised_in::text, id FROM notifications
+        "SELECT raised_in::text AS tx, id FROM notifications
          WHERE raised_in < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY raised_in DESC, id DESC OFFSET $1 LIMIT 1",
     )
@@ -362,7 +362,7 @@ pub async fn latest_of_kind(
     upto: EventSeq,
 ) -> sqlx::Result<Option<Event>> {
     let row: Option<EventRow> = sqlx::query_as(
-        "SELECT raised_in::text AS raised_in, id, routing_key, object_id, payload, created_at
+        "SELECT raised_in::text AS tx, id, routing_key, object_id, payload, created_at
          FROM notifications
          WHERE (raised_in, id) > ($1::text::xid8, $2) AND (raised_in, id) <= ($3::text::xid8, $4)
            AND routing_key = $5
@@ -421,7 +421,9 @@ impl ObjectRow {
 
 #[derive(sqlx::FromRow)]
 struct EventRow {
-    raised_in: String,
+    /// The raising transaction as text (sqlx has no xid8). Named apart from the column so
+    /// that ORDER BY raised_in sorts the xid8, not this text ("10" < "9").
+    tx: String,
     id: i64,
     routing_key: String,
     object_id: Option<i64>,
@@ -433,7 +435,7 @@ impl EventRow {
     fn into_event(self) -> sqlx::Result<Event> {
         Ok(Event {
             seq: EventSeq {
-                transaction: parse_xid8(&self.raised_in)?,
+                transaction: parse_xid8(&self.tx)?,
                 id: self.id,
             },
             id: self.id,
