@@ -19,7 +19,14 @@ if [ "${BENCH_TUNE_PORTS:-1}" = "1" ] && [ "$(id -u)" -eq 0 ]; then
   reserved=$(cat /proc/sys/net/ipv4/ip_local_reserved_ports)
   if [ "$lo" -gt 10000 ]; then
     echo "[bench] widening net.ipv4.ip_local_port_range from '$lo $hi' to '10000 65000' and reserving 19100-19199 for the bench's listeners while it runs"
-    trap 'sysctl -qw net.ipv4.ip_local_reserved_ports="$reserved" && sysctl -qw net.ipv4.ip_local_port_range="$lo $hi" && echo "[bench] net.ipv4.ip_local_port_range back to '"'"'$lo $hi'"'"', ip_local_reserved_ports back to '"'"'$reserved'"'"'"' EXIT
+    # Each put back on its own (one failing must not keep the other), the range first;
+    # written to /proc directly, as some sysctl versions refuse an empty value.
+    restore() {
+      echo "$lo $hi" >/proc/sys/net/ipv4/ip_local_port_range
+      echo "$reserved" >/proc/sys/net/ipv4/ip_local_reserved_ports
+      echo "[bench] net.ipv4.ip_local_port_range back to '$(cat /proc/sys/net/ipv4/ip_local_port_range)', ip_local_reserved_ports back to '$(cat /proc/sys/net/ipv4/ip_local_reserved_ports)'"
+    }
+    trap restore EXIT
     sysctl -qw net.ipv4.ip_local_reserved_ports="${reserved:+$reserved,}19100-19199"
     sysctl -qw net.ipv4.ip_local_port_range="10000 65000"
   fi

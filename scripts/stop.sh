@@ -11,6 +11,12 @@ if [ ! -f "$pidfile" ] || ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   exit 0
 fi
 pid=$(cat "$pidfile")
+# A pid file left by a run that died without cleaning up may name another process now.
+if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'scripts/run.sh'; then
+  echo "make run is not running (pid $pid in $pidfile is another process now)"
+  rm -f "$pidfile"
+  exit 0
+fi
 echo "stopping make run (pid $pid)..."
 kill -TERM "$pid"
 for _ in $(seq 300); do

@@ -7,7 +7,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use lapin::options::{BasicGetOptions, QueuePurgeOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 use lastseen::CheckMessage;
@@ -22,7 +22,7 @@ use crate::replay::{self, ReplayArgs};
 #[derive(Debug, Subcommand)]
 pub enum DeadLetters {
     /// One line per dead letter, oldest first: its ids, attempts and `x-reason`. Nothing
-    /// is taken off the queue.
+    /// is lost or reordered (each is copied back, confirmed, before it is acked).
     List {
         /// Most dead letters to show.
         #[arg(long, default_value_t = 20)]
@@ -30,7 +30,7 @@ pub enum DeadLetters {
         #[command(flatten)]
         queue: QueueArgs,
     },
-    /// One dead letter in full: every header and the body. Nothing is taken off the queue.
+    /// One dead letter in full: every header and the body. Nothing is lost or reordered.
     Peek {
         /// Its position in `list` (1 is the oldest).
         position: u32,
@@ -92,15 +92,20 @@ struct Browsed {
     waiting: u32,
 }
 
-/// Takes up to `limit` dead letters without acking them, then closes the channel, which
-/// gives them all back to the queue in their order.
+/// Reads the dead letters without losing or reordering any: each of the letters waiting
+/// when it starts is taken, copied back to the queue's tail (confirmed), and only then
+/// acked, so after one pass the queue holds the same letters in the same order (letters
+/// dead-lettered meanwhile fall in between). Returning them unacked instead would count a
+/// delivery each time, and RabbitMQ 4 gives quorum queues a default delivery limit past
+/// which it drops them. Keeps the first `limit` for showing.
 async fn browse(queue: &QueueArgs, limit: u32) -> anyhow::Result<Browsed> {
-    let (connection, channel, topology) = open(queue).await?;
+    let (connection, topology) = connect(queue, "lastseenctl").await?;
+    let channel = amqp::confirm_channel(&connection).await?;
     let waiting = amqp::queue_counts(&channel, &topology.dead_letter_queue)
         .await?
         .ready;
     let mut letters = Vec::new();
-    while letters.len() < limit.min(waiting) as usize {
+    for _ in 0..waiting {
         let Some(got) = channel
             .basic_get(
                 topology.dead_letter_queue.as_str().into(),
@@ -111,17 +116,29 @@ async fn browse(queue: &QueueArgs, limit: u32) -> anyhow::Result<Browsed> {
             break;
         };
         let delivery = got.delivery;
-        letters.push(Letter {
-            headers: delivery
-                .properties
-                .headers()
-                .as_ref()
-                .map(headers_of)
-                .unwrap_or_default(),
-            body: delivery.data,
-        });
+        amqp::publish_mandatory(
+            &channel,
+            "",
+            &topology.dead_letter_queue,
+            &delivery.data,
+            delivery.properties.clone(),
+        )
+        .await?
+        .await
+        .context("RabbitMQ did not confirm a dead letter's copy; the letter stays where it was")?;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        if letters.len() < limit as usize {
+            letters.push(Letter {
+                headers: delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .map(headers_of)
+                    .unwrap_or_default(),
+                body: delivery.data,
+            });
+        }
     }
-    // Unacked: back to the queue when the channel closes.
     let _ = channel.close(200, "browsed".into()).await;
     let _ = connection.close(200, "browsed".into()).await;
     Ok(Browsed { letters, waiting })

@@ -175,18 +175,25 @@ async fn read_login(url: &str, tls: &TlsArgs) -> Finding {
         }
         Err(_) => return Finding::Fail(format!("the read login {shown}: no answer")),
     };
-    let writable: Result<bool, _> =
-        sqlx::query_scalar("SELECT has_table_privilege('objects', 'INSERT')")
-            .fetch_one(&mut conn)
-            .await;
+    // What the read API reads, and what a read-only login must not do to it.
+    let rights: Result<(bool, bool), _> = sqlx::query_as(
+        "SELECT bool_and(has_table_privilege(t, 'SELECT')),
+                bool_or(has_table_privilege(t, 'INSERT, UPDATE, DELETE, TRUNCATE'))
+         FROM unnest(ARRAY['objects', 'object_last_expiry', 'object_history', 'notifications']) AS t",
+    )
+    .fetch_one(&mut conn)
+    .await;
     let _ = conn.close().await;
-    match writable {
-        Ok(false) => Finding::Ok(format!("the read login {shown} reads and cannot write")),
-        Ok(true) => Finding::Warn(format!(
-            "the read login {shown} may write to objects: give the read API a read-only login (a member of lastseen_analyst)"
+    match rights {
+        Ok((true, false)) => Finding::Ok(format!("the read login {shown} reads and cannot write")),
+        Ok((true, true)) => Finding::Warn(format!(
+            "the read login {shown} may write: give the read API a read-only login (a member of lastseen_analyst)"
+        )),
+        Ok((false, _)) => Finding::Fail(format!(
+            "the read login {shown} cannot read every table the read API reads: grant it lastseen_analyst"
         )),
         Err(err) => Finding::Fail(format!(
-            "the read login {shown} cannot read objects: {err} (grant it lastseen_analyst)"
+            "the read login {shown}: {err} (is the schema there? the first process to start creates it)"
         )),
     }
 }
@@ -292,17 +299,33 @@ async fn rabbitmq_version(args: &DoctorArgs) -> Finding {
             )),
         },
         Err(err) => Finding::Warn(format!(
-            "RabbitMQ's version is not checked: its management API at {} did not answer ({err}); {}.{} or later is needed",
-            args.management_url, RABBITMQ_MIN.0, RABBITMQ_MIN.1
+            "RabbitMQ's version is not checked: its management API at {} did not answer ({}); {}.{} or later is needed",
+            redact_url(&args.management_url),
+            without_url(&err),
+            RABBITMQ_MIN.0,
+            RABBITMQ_MIN.1
         )),
     }
 }
 
+/// A URL's user or password as typed (percent-decoded; a `+` stays a `+`).
 fn percent(text: &str) -> String {
-    url::form_urlencoded::parse(format!("x={text}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// An error's text with the URL reqwest puts in it shown redacted (it may hold a
+/// password).
+fn without_url(err: &anyhow::Error) -> String {
+    let text = err.to_string();
+    match err
+        .downcast_ref::<reqwest::Error>()
+        .and_then(reqwest::Error::url)
+    {
+        Some(url) => text.replace(url.as_str(), &redact_url(url.as_str())),
+        None => text,
+    }
 }
 
 /// "3.10.7" as (3, 10).
@@ -333,8 +356,9 @@ async fn http_check(what: &str, url: &str, advice: &str) -> Finding {
             redact_url(url)
         )),
         Err(err) => Finding::Fail(format!(
-            "{what} at {} does not answer ({err}): {advice}",
-            redact_url(url)
+            "{what} at {} does not answer ({}): {advice}",
+            redact_url(url),
+            without_url(&err),
         )),
     }
 }

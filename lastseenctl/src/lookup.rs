@@ -93,11 +93,15 @@ pub async fn tail(args: TailArgs, stop: CancellationToken) -> anyhow::Result<()>
     let pool = args.store.pool()?;
     let mut at = match args.after {
         Some(after) => after,
-        None => reads::events_back(&pool, (args.last - 1).max(0))
+        None if args.last <= 0 => reads::events_end(&pool).await?,
+        None => reads::events_back(&pool, args.last - 1)
             .await?
             .predecessor(),
     };
     loop {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
         let events = reads::events(&pool, at, 1000).await?;
         for event in &events {
             println!(
@@ -112,7 +116,7 @@ pub async fn tail(args: TailArgs, stop: CancellationToken) -> anyhow::Result<()>
             );
             at = event.seq;
         }
-        if !events.is_empty() {
+        if events.len() == 1000 {
             continue;
         }
         if !args.follow {

@@ -1,12 +1,12 @@
 //! The status page's figures: objects online, events per minute over the last hour
 //! (followed along the event log, each event counted once), notifications not yet
 //! published, the expiry hold, the work backlog, this producer's spool and the latest
-//! events. One task
-//! refreshes them every 2 s for every viewer, from the first view on; nothing of it runs
-//! on a producer nobody looks at.
+//! events. One task refreshes them every 2 s for every viewer, from a view until 5 minutes
+//! without one; nothing of it runs on a producer nobody looks at.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
@@ -22,6 +22,9 @@ use crate::spool::Spool;
 
 /// How often the figures are refreshed.
 const REFRESH: Duration = Duration::from_secs(2);
+/// The task stops when nobody asked for the figures this long (the next view starts it
+/// again, counting the hour back afresh).
+const IDLE_STOP: Duration = Duration::from_secs(300);
 /// Minutes the chart covers.
 const MINUTES: i64 = 60;
 /// Events the page lists.
@@ -67,7 +70,10 @@ pub struct Minute {
 /// The figures, and the task that keeps them.
 pub struct Dashboard {
     figures: Mutex<Figures>,
-    started: OnceLock<()>,
+    /// The refreshing task runs.
+    running: AtomicBool,
+    /// When the figures were last asked for.
+    viewed: Mutex<tokio::time::Instant>,
     pool: PgPool,
     spool: Arc<Spool>,
     session: Arc<SessionKeeper>,
@@ -85,7 +91,8 @@ impl Dashboard {
     ) -> Arc<Self> {
         Arc::new(Self {
             figures: Mutex::new(Figures::default()),
-            started: OnceLock::new(),
+            running: AtomicBool::new(false),
+            viewed: Mutex::new(tokio::time::Instant::now()),
             pool,
             spool,
             session,
@@ -94,15 +101,21 @@ impl Dashboard {
         })
     }
 
-    /// The latest figures; starts the refreshing task at the first call, and waits for
-    /// its first refresh (at most 5 s).
+    /// The latest figures; starts the refreshing task when it is not running, and waits
+    /// for its first refresh (at most 5 s).
     pub async fn figures(self: &Arc<Self>) -> Figures {
-        let mut first = false;
-        self.started.get_or_init(|| {
-            first = true;
+        *self
+            .viewed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+        if !self.running.swap(true, Ordering::SeqCst) {
+            *self
+                .figures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Figures::default();
             tokio::spawn(self.clone().keep());
-        });
-        if first || self.snapshot().at.is_none() {
+        }
+        if self.snapshot().at.is_none() {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while self.snapshot().at.is_none() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -155,6 +168,15 @@ impl Dashboard {
                 .figures
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = figures;
+            let idle = self
+                .viewed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .elapsed();
+            if idle > IDLE_STOP {
+                self.running.store(false, Ordering::SeqCst);
+                return;
+            }
             tokio::select! {
                 () = tokio::time::sleep(REFRESH) => {}
                 () = self.shutdown.cancelled() => return,
@@ -218,7 +240,14 @@ impl Follower {
         };
         let end = reads::events_end(pool).await?;
         if end > after {
-            for count in reads::minute_counts(pool, after, end, hour_ago).await? {
+            // Both read before either is applied: a failure leaves the range to count
+            // whole at the next refresh, never half counted twice.
+            let counts = reads::minute_counts(pool, after, end, hour_ago).await?;
+            let lagging = reads::latest_of_kind(pool, LAGGING_ROUTING_KEY, after, end).await?;
+            if self.at.is_none() {
+                self.counts.clear();
+            }
+            for count in counts {
                 let minute = self.counts.entry(count.minute).or_insert(Minute {
                     at: count.minute,
                     ..Minute::default()
@@ -229,9 +258,7 @@ impl Follower {
                     _ => {}
                 }
             }
-            if let Some(lagging) =
-                reads::latest_of_kind(pool, LAGGING_ROUTING_KEY, after, end).await?
-            {
+            if let Some(lagging) = lagging {
                 self.latest_lagging = Some(lagging.payload);
             }
         }

@@ -134,6 +134,10 @@ async fn objects_their_pages_and_history_come_from_the_database() -> anyhow::Res
     }
     assert_eq!(quietest, vec![1, 2, 3, 4, 5]);
     let (_, by_id) = get(&base, "/objects?limit=3&after=2").await?;
+    assert!(
+        by_id["objects"][0]["last_expiry"]["expired_at"].is_string(),
+        "a page lists object 3's latest expiry too: {by_id}"
+    );
     let ids: Vec<i64> = by_id["objects"]
         .as_array()
         .unwrap()

@@ -109,6 +109,10 @@ const PREFIX: &str = "bench";
 /// Runs the benchmark (one rate, or a sweep) and writes the report.
 pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(args.out.join("logs")).context("cannot create the report folder")?;
+    anyhow::ensure!(
+        args.status_procs <= 80,
+        "BENCH_STATUS_PROCS must be at most 80 (their ports, from {STATUS_PORT}, end below the callback port {CALLBACK_PORT})"
+    );
     let mut listeners = vec![CALLBACK_PORT, RAW_STATUS_PORT];
     listeners.extend((0..args.status_procs.max(1)).map(|i| STATUS_PORT + i as u16));
     let exposed = ports::exposed_here(&listeners);

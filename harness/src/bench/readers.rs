@@ -1,6 +1,6 @@
 //! `BENCH_READERS=1`: readers beside the load, to measure what they cost ingest: the
-//! status page held open in headless chromium (its figures refreshed every 2 s and its
-//! live event stream), and an API client asking `GET /objects?state=online` every second.
+//! status page held open in headless chromium (its figures and latest events refreshed
+//! every 2 s), and an API client asking `GET /objects?state=online` every second.
 
 use std::path::Path;
 use std::process::Stdio;

@@ -186,16 +186,16 @@ pub async fn objects(
 ) -> sqlx::Result<Vec<ObjectState>> {
     let sql = match (listed, order) {
         (Listed::Online, Order::Id) => {
-            "SELECT id, first_seen, last_seen, expires_at,
-                    NULL::timestamptz AS e_last_seen, NULL::timestamptz AS e_expires_at,
-                    NULL::timestamptz AS expired_at
-             FROM objects WHERE id > $2 ORDER BY id LIMIT $3"
+            "SELECT o.id, o.first_seen, o.last_seen, o.expires_at,
+                    e.last_seen AS e_last_seen, e.expires_at AS e_expires_at, e.expired_at
+             FROM objects o LEFT JOIN object_last_expiry e ON e.object_id = o.id
+             WHERE o.id > $2 ORDER BY o.id LIMIT $3"
         }
         (Listed::Online, Order::Quietest) => {
-            "SELECT id, first_seen, last_seen, expires_at,
-                    NULL::timestamptz AS e_last_seen, NULL::timestamptz AS e_expires_at,
-                    NULL::timestamptz AS expired_at
-             FROM objects WHERE (last_seen, id) > ($1, $2) ORDER BY last_seen, id LIMIT $3"
+            "SELECT o.id, o.first_seen, o.last_seen, o.expires_at,
+                    e.last_seen AS e_last_seen, e.expires_at AS e_expires_at, e.expired_at
+             FROM objects o LEFT JOIN object_last_expiry e ON e.object_id = o.id
+             WHERE (o.last_seen, o.id) > ($1, $2) ORDER BY o.last_seen, o.id LIMIT $3"
         }
         (Listed::Expired, Order::Id) => {
             "SELECT e.object_id AS id, NULL::timestamptz AS first_seen,

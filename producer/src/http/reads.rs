@@ -342,14 +342,22 @@ pub async fn event_stream(
             let api = api.clone();
             async move {
                 loop {
+                    if api.shutdown.is_cancelled() {
+                        return None;
+                    }
                     if let Some(event) = queue.pop_front() {
                         at = event.seq;
                         return Some((Ok(sse_event(&event)), (at, queue, permit)));
                     }
                     let pause = match reads::events(&api.pool, at, MAX_LIMIT).await {
-                        Ok(events) if !events.is_empty() => {
+                        // A full page: more is waiting, read on at once.
+                        Ok(events) if events.len() as i64 == MAX_LIMIT => {
                             queue.extend(events);
                             continue;
+                        }
+                        Ok(events) if !events.is_empty() => {
+                            queue.extend(events);
+                            Duration::ZERO
                         }
                         Ok(_) => STREAM_POLL,
                         Err(err) => {

@@ -49,7 +49,10 @@ fn render(figures: &Figures) -> String {
     };
     let json = serde_json::to_string(figures)
         .unwrap_or_else(|_| "{}".to_owned())
-        .replace("</", "<\\/");
+        // Inside <script>: no <, > or & the HTML parser could take for markup.
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026");
     TEMPLATE
         .replace(
             "{{at}}",
