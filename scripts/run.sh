@@ -62,7 +62,7 @@ Where to look:
                  each also serves /healthz and /readyz
   status service http://127.0.0.1:9010/objects/42 $( [ "$TESTER" = "off" ] && echo "(TESTER=off: bring your own)" )
 
-Ctrl-C (or make stop) stops everything.
+Ctrl-C stops everything (make stop does too, from another terminal).
 INFO
 
 # If any component dies, say so (and keep the others running).
