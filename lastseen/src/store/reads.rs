@@ -271,20 +271,7 @@ pub async fn events(pool: &PgPool, after: EventSeq, limit: i64) -> sqlx::Result<
 /// The place of the latest final event: reading on from it gives only events raised
 /// from now on.
 pub async fn events_end(pool: &PgPool) -> sqlx::Result<EventSeq> {
-    let row: Option<(String, i64)> = sqlx::query_as(
-        "SELECT raised_in::text AS tx, id FROM notifications
-         WHERE raised_in < pg_snapshot_xmin(pg_current_snapshot())
-         ORDER BY raised_in DESC, id DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
-    match row {
-        None => Ok(EventSeq::START),
-        Some((transaction, id)) => Ok(EventSeq {
-            transaction: parse_xid8(&transaction)?,
-            id,
-        }),
-    }
+    events_back(pool, 0).await
 }
 
 /// How many objects are online now.
