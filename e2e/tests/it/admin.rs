@@ -199,7 +199,10 @@ async fn doctor_passes_a_working_setup_and_names_what_is_broken() -> anyhow::Res
         shown.contains("FAIL  RabbitMQ node amqp://guest:***@127.0.0.1:9"),
         "{shown}"
     );
-    assert!(shown.contains("may write: give the read API a read-only login"), "{shown}");
+    assert!(
+        shown.contains("may write: give the read API a read-only login"),
+        "{shown}"
+    );
     assert!(
         shown.contains("FAIL  producer at http://127.0.0.1:9/readyz does not answer"),
         "{shown}"
