@@ -42,6 +42,21 @@ async fn raise(env: &TestEnv, object_id: i64) -> anyhow::Result<i64> {
     .await?)
 }
 
+/// What a live stream sent until it sent event `id` (at most 10 s, or until it ended).
+async fn stream_until(stream: &mut reqwest::Response, id: i64) -> String {
+    let mut text = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(&format!("\"id\":{id},")) {
+                break;
+            }
+        }
+    })
+    .await;
+    text
+}
+
 /// The events of a server-sent event text: each one's `id` field and `data`.
 fn sse_events(text: &str) -> Vec<(Option<String>, String)> {
     text.split("\n\n")
@@ -362,16 +377,7 @@ async fn events_follow_transaction_numbers_not_their_digits() -> anyhow::Result<
     let mut stream = client.get(format!("{base}/events/stream")).send().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let later = raise(&env, 2).await?;
-    let mut text = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Ok(Some(chunk)) = stream.chunk().await {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            if text.contains(&format!("\"id\":{later},")) {
-                break;
-            }
-        }
-    })
-    .await;
+    let text = stream_until(&mut stream, later).await;
     let sent: Vec<String> = sse_events(&text)
         .into_iter()
         .map(|(_, data)| data)
@@ -402,19 +408,9 @@ async fn the_live_stream_sends_new_events_and_resumes_after_last_event_id() -> a
     tokio::time::sleep(Duration::from_millis(300)).await;
     let first = raise(&env, 2).await?;
     let second = raise(&env, 3).await?;
-    let mut text = String::new();
-    let received = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(chunk) = body.chunk().await? {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            if text.contains(&format!("\"id\":{second},")) {
-                return anyhow::Ok(());
-            }
-        }
-        anyhow::bail!("the stream ended")
-    })
-    .await;
+    let text = stream_until(&mut body, second).await;
     assert!(
-        received.is_ok(),
+        text.contains(&format!("\"id\":{second},")),
         "the stream did not send event {second}: {text:?}"
     );
     assert!(
@@ -435,16 +431,7 @@ async fn the_live_stream_sends_new_events_and_resumes_after_last_event_id() -> a
         .send()
         .await?;
     let mut body = resumed;
-    let mut text = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Ok(Some(chunk)) = body.chunk().await {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            if text.contains(&format!("\"id\":{second},")) {
-                break;
-            }
-        }
-    })
-    .await;
+    let text = stream_until(&mut body, second).await;
     assert!(
         text.contains(&format!("\"id\":{second},")),
         "resumed stream: {text:?}"
