@@ -62,6 +62,12 @@ pub struct Config {
     #[arg(long, env = "OBJECT_TTL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=31_536_000))]
     pub object_ttl_secs: u32,
 
+    /// An object not seen online for this many seconds goes stale (an `object.stale`
+    /// warning) before it expires, unless the callback gave its own `stale_after_secs`.
+    /// Must be below OBJECT_TTL_SECS. Unset: no stale state.
+    #[arg(long, env = "OBJECT_STALE_AFTER_SECS", value_parser = clap::value_parser!(u32).range(1..=31_536_000))]
+    pub object_stale_after_secs: Option<u32>,
+
     /// Where `/metrics` (Prometheus), `/healthz` and `/readyz` are served; port 0 picks
     /// a free one (logged). Each consumer on one host needs its own.
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9101")]

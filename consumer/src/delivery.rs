@@ -11,10 +11,10 @@ use futures::future::join_all;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lastseen::progress::Held;
-use lastseen::store::objects::Sighting;
 use lastseen::{CheckMessage, ObjectId};
 use tracing::Instrument;
 
+use crate::deadlines::Deadlines;
 use crate::holds;
 use crate::redelivery::{self, Redelivery, RenewPolicy};
 use crate::retry::{Outcome, Retrier, attempt_of};
@@ -37,8 +37,9 @@ pub struct Context {
     /// Cancelled when the session broke: its deliveries can no longer be acked (RabbitMQ
     /// redelivers them), so their work stops instead of holding check slots.
     pub ended: tokio_util::sync::CancellationToken,
-    /// TTL of sightings from messages that carry none (`OBJECT_TTL_SECS`).
-    pub default_ttl: std::time::Duration,
+    /// TTL and stale delay of sightings from messages that carry none
+    /// (`OBJECT_TTL_SECS`, `OBJECT_STALE_AFTER_SECS`).
+    pub deadlines: Deadlines,
     /// When a redelivered message is re-published fresh (see [`crate::redelivery`]).
     pub renew: RenewPolicy,
     /// For per-object expiry holds (see [`crate::holds`]).
@@ -169,16 +170,12 @@ async fn check_message(delivery: &Delivery, ctx: &Context, message: CheckMessage
     // Every id is checked, and if online recorded, on its own: a fast answer is written
     // without waiting for the slowest id of its message. The message is acked once all
     // its ids are settled.
-    let ttl = message
-        .ttl_secs
-        .map(|secs| std::time::Duration::from_secs(u64::from(secs)))
-        .unwrap_or(ctx.default_ttl);
-    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    let deadlines = ctx.deadlines.of(&message);
     let outcomes = join_all(
         message
             .object_ids
             .iter()
-            .map(|&id| check_and_record(id, ttl, ctx)),
+            .map(|&id| check_and_record(id, deadlines, ctx)),
     )
     .await;
     let mut failed = Vec::new();
@@ -209,6 +206,7 @@ async fn check_message(delivery: &Delivery, ctx: &Context, message: CheckMessage
             accepted_at: message.accepted_at,
             request_id: message.request_id.clone(),
             ttl_secs: message.ttl_secs,
+            stale_after_secs: message.stale_after_secs,
         };
         match ctx
             .retrier
@@ -248,7 +246,7 @@ enum Settled {
     WriterStopped,
 }
 
-async fn check_and_record(id: ObjectId, ttl: chrono::Duration, ctx: &Context) -> Settled {
+async fn check_and_record(id: ObjectId, deadlines: Deadlines, ctx: &Context) -> Settled {
     let answer = {
         // Bounds the status calls (and so the HTTP connections) of this process.
         let _permit = ctx.check_slots.acquire().await;
@@ -269,12 +267,7 @@ async fn check_and_record(id: ObjectId, ttl: chrono::Duration, ctx: &Context) ->
     };
     match answer {
         Ok(true) => {
-            let seen_at = Utc::now();
-            let sighting = Sighting {
-                id,
-                seen_at,
-                expires_at: seen_at + ttl,
-            };
+            let sighting = deadlines.sighting(id, Utc::now());
             match ctx.writer.record(vec![sighting]).await {
                 Ok(()) => Settled::Stored,
                 Err(_) => Settled::WriterStopped,

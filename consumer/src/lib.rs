@@ -2,6 +2,7 @@
 //! each id, records online objects' `last_seen` in batches, and acks only after commit.
 
 mod config;
+mod deadlines;
 mod delivery;
 mod holds;
 mod redelivery;

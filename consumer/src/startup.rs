@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
@@ -18,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::deadlines::Deadlines;
 use crate::delivery::{self, Context};
 use crate::redelivery::RenewPolicy;
 use crate::retry::{Retrier, RetryPolicy, attempt_of};
@@ -34,6 +34,7 @@ struct Shared {
     config: Config,
     topology: Topology,
     policy: RetryPolicy,
+    deadlines: Deadlines,
     status: StatusClient,
     check_slots: Arc<Semaphore>,
     writer: LastSeenWriter,
@@ -54,6 +55,7 @@ impl Application {
     /// Consumes until `shutdown` fires, reconnecting after any RabbitMQ failure.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config;
+        let deadlines = Deadlines::new(config.object_ttl_secs, config.object_stale_after_secs)?;
         let open_files = lastseen::limits::raise_open_files();
         tracing::debug!(open_files, "open-file limit");
         config.tls.check()?;
@@ -89,6 +91,7 @@ impl Application {
                 max: config.retry_max_ms,
                 max_attempts: config.max_attempts,
             },
+            deadlines,
             status,
             check_slots: Arc::new(Semaphore::new(config.max_checks_in_flight as usize)),
             writer,
@@ -263,7 +266,7 @@ async fn consume(
         ),
         session_failed: CancellationToken::new(),
         ended: CancellationToken::new(),
-        default_ttl: Duration::from_secs(u64::from(shared.config.object_ttl_secs)),
+        deadlines: shared.deadlines,
         renew: RenewPolicy::new(shared.config.topology.delivery_limit),
         pool: shared.pool.clone(),
     });

@@ -5,7 +5,7 @@ use lastseen::contract::metric;
 use std::time::Duration;
 
 use backon::Retryable;
-use lastseen::domain::OnlineNotification;
+use lastseen::domain::{OnlineNotification, RECOVERED_FROM_STALE};
 use lastseen::store::notifications;
 use lastseen::store::objects::{self, Sighting};
 use lastseen::topology::ONLINE_ROUTING_KEY;
@@ -126,33 +126,53 @@ async fn run(
 }
 
 /// Upserts the sightings and, in the same transaction, records an `object.online`
-/// notification for each object that was not there (first seen, or back after expiry).
+/// notification for each object that was not there (first seen, or back after expiry)
+/// and for each stale object seen again (a recovery).
 async fn commit(pool: &PgPool, sightings: &[Sighting]) -> sqlx::Result<usize> {
     let mut tx = pool.begin().await?;
     let upserted = objects::upsert_sightings(&mut tx, sightings).await?;
     let came_online = upserted.came_online;
-    if !came_online.is_empty() {
-        let ids: Vec<i64> = came_online.iter().map(|o| o.id.get()).collect();
-        let payloads: Vec<serde_json::Value> = came_online
+    let recovered = upserted.recovered;
+    let mut ids: Vec<i64> = Vec::with_capacity(came_online.len() + recovered.len());
+    let mut payloads: Vec<OnlineNotification> = Vec::with_capacity(ids.capacity());
+    for o in &came_online {
+        ids.push(o.id.get());
+        payloads.push(OnlineNotification {
+            event: ONLINE_ROUTING_KEY.to_owned(),
+            object_id: o.id,
+            seen_at: o.seen_at,
+            expires_at: o.expires_at,
+            stale_at: o.stale_at,
+            recovered_from: None,
+            previous_expired_at: o.previous.map(|p| p.expired_at),
+            silent_for_secs: o.previous.map(|p| secs_between(p.last_seen, o.seen_at)),
+        });
+    }
+    for o in &recovered {
+        ids.push(o.id.get());
+        payloads.push(OnlineNotification {
+            event: ONLINE_ROUTING_KEY.to_owned(),
+            object_id: o.id,
+            seen_at: o.seen_at,
+            expires_at: o.expires_at,
+            stale_at: o.stale_at,
+            recovered_from: Some(RECOVERED_FROM_STALE.to_owned()),
+            previous_expired_at: None,
+            silent_for_secs: Some(secs_between(o.previous_last_seen, o.seen_at)),
+        });
+    }
+    if !ids.is_empty() {
+        let payloads: Vec<serde_json::Value> = payloads
             .iter()
-            .map(|o| {
-                serde_json::to_value(OnlineNotification {
-                    event: ONLINE_ROUTING_KEY.to_owned(),
-                    object_id: o.id,
-                    seen_at: o.seen_at,
-                    expires_at: o.expires_at,
-                    previous_expired_at: o.previous.map(|p| p.expired_at),
-                    silent_for_secs: o
-                        .previous
-                        .map(|p| (o.seen_at - p.last_seen).num_milliseconds() as f64 / 1000.0),
-                })
-                .expect("a notification always serializes")
-            })
+            .map(|p| serde_json::to_value(p).expect("a notification always serializes"))
             .collect();
         notifications::record(&mut tx, ONLINE_ROUTING_KEY, &ids, &payloads).await?;
     }
     tx.commit().await?;
     metrics::counter!(metric::OBJECTS_ONLINE_TOTAL).increment(came_online.len() as u64);
+    if !recovered.is_empty() {
+        metrics::counter!(metric::STALE_RECOVERIES_TOTAL).increment(recovered.len() as u64);
+    }
     if upserted.in_the_past > 0 {
         tracing::info!(
             sightings = upserted.in_the_past,
@@ -162,4 +182,9 @@ async fn commit(pool: &PgPool, sightings: &[Sighting]) -> sqlx::Result<usize> {
             .increment(upserted.in_the_past as u64);
     }
     Ok(came_online.len())
+}
+
+/// Seconds from `from` to `to`, to the millisecond.
+fn secs_between(from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>) -> f64 {
+    (to - from).num_milliseconds() as f64 / 1000.0
 }

@@ -8,6 +8,11 @@
 //! and reports the duplicates before it.
 //! Scenario "steady": N deadlines spread at 10,000 per second; it reports the lag from
 //! deadline to expiry and from deadline to notification published (p50, p99, max).
+//!
+//! With `EXPIRY_BENCH_STALE_SECS` set, each object first goes stale at the scenario's
+//! deadline and expires that many seconds later: both scenarios then also check exactly
+//! one `object.stale` per object (the kill of "together" falls in the stale marking) and
+//! report its lags.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -18,7 +23,7 @@ use clap::Args;
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
 use lastseen::amqp::no_args;
-use lastseen::topology::{Topology, TopologyArgs};
+use lastseen::topology::{EXPIRED_ROUTING_KEY, STALE_ROUTING_KEY, Topology, TopologyArgs};
 use sqlx::PgPool;
 
 use crate::process::Supervisor;
@@ -45,6 +50,10 @@ pub struct ExpiryBenchArgs {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
+    /// Stale on: each object goes stale at its deadline and expires this many seconds
+    /// later. Unset: no stale state (the objects only expire).
+    #[arg(long, env = "EXPIRY_BENCH_STALE_SECS", value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub stale_secs: Option<u32>,
     /// Folder of the release binaries.
     #[arg(long, default_value = "target/release")]
     pub bin: PathBuf,
@@ -75,6 +84,20 @@ struct Outcome {
     objects_with_one_message: u64,
     missing: u64,
     sweeper_killed: bool,
+    /// With stale on: the `object.stale` events.
+    stale: Option<StaleOutcome>,
+}
+
+/// What one scenario measured of the objects going stale.
+#[derive(Debug, Clone, serde::Serialize)]
+struct StaleOutcome {
+    marked: u64,
+    deadline_to_stale_secs: Spread,
+    deadline_to_published_secs: Spread,
+    stale_messages: u64,
+    duplicates: u64,
+    objects_with_one_message: u64,
+    missing: u64,
 }
 
 /// Runs both scenarios, prints the table, writes `result.json` and `result.md`.
@@ -93,6 +116,16 @@ pub async fn run(args: ExpiryBenchArgs) -> anyhow::Result<()> {
     for o in [&together, &steady] {
         if o.missing > 0 || o.objects_with_one_message != o.objects || o.expired != o.objects {
             problems.push(format!("{}: not exactly one expiry per object", o.scenario));
+        }
+        if let Some(stale) = &o.stale
+            && (stale.missing > 0
+                || stale.objects_with_one_message != o.objects
+                || stale.marked != o.objects)
+        {
+            problems.push(format!(
+                "{}: not exactly one stale event per object",
+                o.scenario
+            ));
         }
     }
     if together.deadline_to_expiry_secs.max > 5.0 {
@@ -151,22 +184,28 @@ async fn scenario(
     topology.declare(&channel).await?;
     declare_reader(&channel, &reader, &topology.notifications_exchange).await?;
 
-    // The objects: one shared deadline 2 s ahead, or deadlines `rate` per second.
+    // The objects: one shared deadline 2 s ahead, or deadlines `rate` per second. With
+    // stale on, that deadline is the stale one and each expires `stale_secs` after it.
     let start = Utc::now() + chrono::Duration::seconds(2);
     let step_micros = rate.map_or(0, |r| 1_000_000 / i64::from(r.max(1)));
+    let stale_gap = args.stale_secs.map(f64::from);
     sqlx::query(
-        "INSERT INTO objects (id, first_seen, last_seen, expires_at)
+        "INSERT INTO objects (id, first_seen, last_seen, expires_at, stale_at)
          SELECT i, $1 - interval '30 seconds', $1 - interval '30 seconds',
-                $1 + make_interval(secs => (i * $2)::float8 / 1000000.0)
-         FROM generate_series(0, $3 - 1) AS i",
+                d + make_interval(secs => coalesce($4, 0)),
+                CASE WHEN $4 IS NULL THEN NULL ELSE d END
+         FROM generate_series(0, $3 - 1) AS i,
+              LATERAL (SELECT $1 + make_interval(secs => (i * $2)::float8 / 1000000.0) AS d) deadline",
     )
     .bind(start)
     .bind(step_micros)
     .bind(i64::from(args.objects))
+    .bind(stale_gap)
     .execute(&pool)
     .await?;
-    let last_deadline =
-        start + chrono::Duration::microseconds(step_micros * i64::from(args.objects));
+    let last_deadline = start
+        + chrono::Duration::microseconds(step_micros * i64::from(args.objects))
+        + chrono::Duration::seconds(i64::from(args.stale_secs.unwrap_or(0)));
 
     let logs = args.out.join(format!("{name}-logs"));
     std::fs::create_dir_all(&logs)?;
@@ -183,22 +222,29 @@ async fn scenario(
     for sweeper in SWEEPERS {
         sweepers.start(sweeper, "sweeper", &[], &env)?;
     }
-    // Kill one sweeper once the sweep is under way (some expired, some not).
+    // Kill one sweeper once the sweep is under way (some expired, some not; with stale
+    // on, some marked stale and some not).
     let mut killed = false;
     if rate.is_none() {
+        let (done_sql, what) = if args.stale_secs.is_some() {
+            (
+                "SELECT (SELECT count(*) FROM objects WHERE stale_since IS NOT NULL),
+                        (SELECT count(*) FROM objects WHERE stale_since IS NULL)",
+                "marked stale",
+            )
+        } else {
+            (
+                "SELECT (SELECT count(*) FROM object_expiries), (SELECT count(*) FROM objects)",
+                "expired",
+            )
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let (expired, left): (i64, i64) = sqlx::query_as(
-                "SELECT (SELECT count(*) FROM object_expiries), (SELECT count(*) FROM objects)",
-            )
-            .fetch_one(&pool)
-            .await?;
-            if expired > 0 && left > 0 {
+            let (done, left): (i64, i64) = sqlx::query_as(done_sql).fetch_one(&pool).await?;
+            if done > 0 && left > 0 {
                 sweepers.kill9(SWEEPERS[0]).await?;
                 killed = true;
-                println!(
-                    "{name}: sweeper-1 killed (SIGKILL) with {expired} expired and {left} left"
-                );
+                println!("{name}: sweeper-1 killed (SIGKILL) with {done} {what} and {left} left");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -239,7 +285,33 @@ async fn scenario(
     )
     .fetch_all(&pool)
     .await?;
-    let (messages, per_object) = read_expired_messages(&channel, &reader).await?;
+    let mut read = read_messages(&channel, &reader).await?;
+    let stale = match args.stale_secs {
+        None => None,
+        Some(_) => {
+            let lags: Vec<(f64, f64)> = sqlx::query_as(
+                "SELECT extract(epoch FROM (payload->>'marked_at')::timestamptz
+                                           - (payload->>'stale_at')::timestamptz)::float8,
+                        extract(epoch FROM published_at
+                                           - (payload->>'stale_at')::timestamptz)::float8
+                 FROM notifications WHERE routing_key = 'object.stale'",
+            )
+            .fetch_all(&pool)
+            .await?;
+            let (messages, per_object) = read.remove(STALE_ROUTING_KEY).unwrap_or_default();
+            let distinct: HashSet<&String> = messages.iter().map(|(id, _)| id).collect();
+            Some(StaleOutcome {
+                marked: lags.len() as u64,
+                deadline_to_stale_secs: spread(lags.iter().map(|l| l.0).collect()),
+                deadline_to_published_secs: spread(lags.iter().map(|l| l.1).collect()),
+                stale_messages: messages.len() as u64,
+                duplicates: (messages.len() - distinct.len()) as u64,
+                objects_with_one_message: per_object.values().filter(|n| **n == 1).count() as u64,
+                missing: u64::from(args.objects).saturating_sub(per_object.len() as u64),
+            })
+        }
+    };
+    let (messages, per_object) = read.remove(EXPIRED_ROUTING_KEY).unwrap_or_default();
     let distinct: HashSet<&String> = messages.iter().map(|(id, _)| id).collect();
     let outcome = Outcome {
         scenario: name,
@@ -253,6 +325,7 @@ async fn scenario(
         objects_with_one_message: per_object.values().filter(|n| **n == 1).count() as u64,
         missing: u64::from(args.objects).saturating_sub(per_object.len() as u64),
         sweeper_killed: killed,
+        stale,
     };
     let _ = channel
         .queue_delete(reader.as_str().into(), QueueDeleteOptions::default())
@@ -281,24 +354,30 @@ async fn declare_reader(
     channel
         .queue_declare(reader.into(), durable, quorum)
         .await?;
-    channel
-        .queue_bind(
-            reader.into(),
-            exchange.into(),
-            lastseen::topology::EXPIRED_ROUTING_KEY.into(),
-            Default::default(),
-            no_args(),
-        )
-        .await?;
+    for key in [EXPIRED_ROUTING_KEY, STALE_ROUTING_KEY] {
+        channel
+            .queue_bind(
+                reader.into(),
+                exchange.into(),
+                key.into(),
+                Default::default(),
+                no_args(),
+            )
+            .await?;
+    }
     Ok(())
 }
 
-/// Every `object.expired` message in the bench's reader queue (taken off it): the
-/// `message_id`s in arrival order, and how many distinct messages each object got.
-async fn read_expired_messages(
+/// The messages of one routing key: `message_id`s and object ids in arrival order, and
+/// how many distinct messages each object got.
+type Received = (Vec<(String, i64)>, HashMap<i64, u32>);
+
+/// Every `object.expired` and `object.stale` message in the bench's reader queue (taken
+/// off it), by routing key.
+async fn read_messages(
     channel: &lapin::Channel,
     reader: &str,
-) -> anyhow::Result<(Vec<(String, i64)>, HashMap<i64, u32>)> {
+) -> anyhow::Result<HashMap<&'static str, Received>> {
     channel.basic_qos(5_000, BasicQosOptions::default()).await?;
     let mut consumer = channel
         .basic_consume(
@@ -311,15 +390,18 @@ async fn read_expired_messages(
             no_args(),
         )
         .await?;
-    let mut messages = Vec::new();
-    let mut ids_by_message: HashMap<String, i64> = HashMap::new();
+    let mut messages: HashMap<&'static str, Vec<(String, i64)>> = HashMap::new();
+    let mut ids_by_message: HashMap<&'static str, HashMap<String, i64>> = HashMap::new();
     while let Ok(Some(delivery)) =
         tokio::time::timeout(Duration::from_secs(3), consumer.next()).await
     {
         let delivery = delivery?;
-        if delivery.routing_key.as_str() != lastseen::topology::EXPIRED_ROUTING_KEY {
+        let Some(key) = [EXPIRED_ROUTING_KEY, STALE_ROUTING_KEY]
+            .into_iter()
+            .find(|key| delivery.routing_key.as_str() == *key)
+        else {
             continue;
-        }
+        };
         let message_id = delivery
             .properties
             .message_id()
@@ -328,14 +410,22 @@ async fn read_expired_messages(
             .unwrap_or_default();
         let body: serde_json::Value = serde_json::from_slice(&delivery.data)?;
         let id = body["object_id"].as_i64().unwrap_or(-1);
-        ids_by_message.insert(message_id.clone(), id);
-        messages.push((message_id, id));
+        ids_by_message
+            .entry(key)
+            .or_default()
+            .insert(message_id.clone(), id);
+        messages.entry(key).or_default().push((message_id, id));
     }
-    let mut per_object: HashMap<i64, u32> = HashMap::new();
-    for id in ids_by_message.values() {
-        *per_object.entry(*id).or_default() += 1;
-    }
-    Ok((messages, per_object))
+    Ok(messages
+        .into_iter()
+        .map(|(key, messages)| {
+            let mut per_object: HashMap<i64, u32> = HashMap::new();
+            for id in ids_by_message.remove(key).unwrap_or_default().values() {
+                *per_object.entry(*id).or_default() += 1;
+            }
+            (key, (messages, per_object))
+        })
+        .collect())
 }
 
 fn spread(mut secs: Vec<f64>) -> Spread {
@@ -378,6 +468,33 @@ fn report(outcomes: &[&Outcome]) -> String {
             o.missing,
             if o.sweeper_killed { "yes (SIGKILL)" } else { "no" },
         ));
+    }
+    if outcomes.iter().any(|o| o.stale.is_some()) {
+        table.push_str(
+            "\n| scenario | marked stale | stale deadline→marked p50 / p99 / max s | stale deadline→published p50 / p99 / max s | stale messages | duplicates (same message_id) | objects with exactly one | missing |\n|---|---:|---|---|---:|---:|---:|---:|\n",
+        );
+        for o in outcomes {
+            let Some(stale) = &o.stale else { continue };
+            let (m, p) = (
+                stale.deadline_to_stale_secs,
+                stale.deadline_to_published_secs,
+            );
+            table.push_str(&format!(
+                "| {} | {} | {:.3} / {:.3} / {:.3} | {:.3} / {:.3} / {:.3} | {} | {} | {} | {} |\n",
+                o.scenario,
+                stale.marked,
+                m.p50,
+                m.p99,
+                m.max,
+                p.p50,
+                p.p99,
+                p.max,
+                stale.stale_messages,
+                stale.duplicates,
+                stale.objects_with_one_message,
+                stale.missing,
+            ));
+        }
     }
     table
 }

@@ -108,7 +108,7 @@ pub async fn run(args: LoadArgs, shutdown: CancellationToken) -> anyhow::Result<
                     .map(|i| i as u64)
                     .collect()
                 };
-                let (answer, latency) = client.post_timed(&ids).await;
+                let (answer, latency) = client.post_timed(&ids, None).await;
                 let micros = latency.as_micros() as u64;
                 let ok = answer.is_accepted();
                 histogram.lock().await.saturating_record(micros.max(1));

@@ -59,6 +59,16 @@ pub mod metric {
     pub const OBJECTS_EXPIRED_TOTAL: &str = "lastseen_objects_expired_total";
     /// Objects that came online (first seen, or back after expiry). Consumer.
     pub const OBJECTS_ONLINE_TOTAL: &str = "lastseen_objects_online_total";
+    /// Objects marked stale (silent past their stale deadline): their `object.stale`
+    /// events. Sweeper.
+    pub const OBJECTS_STALE_TOTAL: &str = "lastseen_objects_stale_total";
+    /// Objects stale now (counted by each sweeper, once a second). Sweeper.
+    pub const OBJECTS_STALE: &str = "lastseen_objects_stale";
+    /// Stale objects seen again (their `object.online` with `recovered_from` = `stale`).
+    /// Consumer.
+    pub const STALE_RECOVERIES_TOTAL: &str = "lastseen_stale_recoveries_total";
+    /// Time from an object's stale deadline to its being marked stale. Sweeper.
+    pub const STALE_LAG_SECONDS: &str = "lastseen_stale_lag_seconds";
     /// Time from publish to the last confirm of a callback. Producer.
     pub const PUBLISH_CONFIRM_SECONDS: &str = "lastseen_publish_confirm_seconds";
     /// Ids sent to a retry queue. Consumer.

@@ -75,6 +75,10 @@ pub struct CheckMessage {
     /// the consumer's `OBJECT_TTL_SECS`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u32>,
+    /// The callback's `stale_after_secs`: how long after a sighting its objects go stale.
+    /// Absent: the consumer's `OBJECT_STALE_AFTER_SECS` (unset: no stale state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_after_secs: Option<u32>,
 }
 
 /// The body of an `object.expired` notification: the object's stretch online, its
@@ -89,21 +93,62 @@ pub struct ExpiredNotification {
     pub expired_at: DateTime<Utc>,
 }
 
-/// The body of an `object.online` notification: first seen, or back after it expired
-/// (then with that expiry and how long the object was silent).
+/// The body of an `object.online` notification: first seen, back after it expired (then
+/// with that expiry and how long the object was silent), or back from stale
+/// (`recovered_from` = `stale`, with how long it was silent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OnlineNotification {
     pub event: String,
     pub object_id: ObjectId,
     pub seen_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// When it goes stale unless seen again; absent when no stale delay applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_at: Option<DateTime<Utc>>,
+    /// `stale` when a stale object was seen again; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_from: Option<String>,
     /// When the object's previous stretch was expired; absent when first seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_expired_at: Option<DateTime<Utc>>,
-    /// Seconds from the previous stretch's last sighting to this one; absent when first
-    /// seen.
+    /// Seconds from the previous sighting to this one, when it comes back (after an
+    /// expiry or from stale); absent when first seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silent_for_secs: Option<f64>,
+}
+
+/// Most ids a digest (`digest`, `digest.stale`) lists; its count covers them all.
+pub const DIGEST_MAX_IDS: usize = 1_000;
+
+/// What `recovered_from` says of an object seen again while stale.
+pub const RECOVERED_FROM_STALE: &str = "stale";
+
+/// The body of an `object.stale` notification: an object silent past its stale deadline,
+/// warned of before it expires at `expires_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StaleNotification {
+    pub event: String,
+    pub object_id: ObjectId,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub stale_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// When the sweeper marked it stale.
+    pub marked_at: DateTime<Utc>,
+}
+
+/// The body of a `digest.stale` notification: one per transaction that marked objects
+/// stale, as `digest` is for expiries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StaleDigestNotification {
+    pub event: String,
+    /// How many objects went stale in this transaction.
+    pub stale: u64,
+    /// Their ids, up to a cap (see `truncated`).
+    pub object_ids: Vec<ObjectId>,
+    /// True when `object_ids` holds fewer ids than `stale`.
+    pub truncated: bool,
+    pub marked_at: DateTime<Utc>,
 }
 
 /// The body of a `digest` notification: one per expiry transaction, so a receiver can
@@ -169,6 +214,7 @@ mod tests {
             accepted_at: Utc::now(),
             request_id: Some("req-1".into()),
             ttl_secs: Some(60),
+            stale_after_secs: Some(20),
         };
         let back: CheckMessage =
             serde_json::from_slice(&serde_json::to_vec(&msg).unwrap()).unwrap();

@@ -41,6 +41,12 @@ pub const LAGGING_ROUTING_KEY: &str = "pipeline.lagging";
 /// Routing key of the digest of one expiry transaction (counts, and ids up to a cap).
 pub const DIGEST_ROUTING_KEY: &str = "digest";
 
+/// Routing key of an object silent past its stale deadline (before it expires).
+pub const STALE_ROUTING_KEY: &str = "object.stale";
+
+/// Routing key of the digest of one transaction that marked objects stale.
+pub const STALE_DIGEST_ROUTING_KEY: &str = "digest.stale";
+
 /// Names of exchanges and queues; tests give each run its own prefix.
 #[derive(Debug, Clone, Args)]
 pub struct TopologyArgs {

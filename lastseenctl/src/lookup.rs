@@ -38,8 +38,14 @@ pub async fn object(id: i64, store: &StoreArgs) -> anyhow::Result<String> {
     };
     let stretches = reads::stretches(&pool, id, None, 20).await?;
     let mut out = if state.online {
+        let stale = match (state.stale_since, state.stale_at) {
+            (Some(since), _) => format!(", stale since {}", stamp(Some(since))),
+            (None, Some(at)) => format!(", goes stale {}", stamp(Some(at))),
+            (None, None) => String::new(),
+        };
         format!(
-            "object {id}: online since {}, last seen {}, expires {}\n",
+            "object {id}: {} since {}, last seen {}{stale}, expires {}\n",
+            state.state,
             stamp(state.first_seen),
             stamp(Some(state.last_seen)),
             stamp(state.expires_at)

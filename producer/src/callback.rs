@@ -17,9 +17,10 @@ use utoipa::{PartialSchema, ToSchema};
 pub const LONGEST_TTL_SECS: u32 = 31_536_000;
 
 /// `{"object_ids":[1,2,3]}`: ids are integers from 0 to 2^63-1, duplicates allowed; an
-/// optional `"ttl_secs": N` sets how long after a sighting these objects expire.
+/// optional `"ttl_secs": N` sets how long after a sighting these objects expire, and an
+/// optional `"stale_after_secs": S` when they go stale before that.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[schema(example = json!({"object_ids": [1, 2, 3], "ttl_secs": 60}))]
+#[schema(example = json!({"object_ids": [1, 2, 3], "ttl_secs": 60, "stale_after_secs": 20}))]
 pub struct CallbackRequest {
     #[serde(deserialize_with = "exact_object_ids")]
     #[schema(value_type = Vec<ObjectIdSchema>)]
@@ -30,12 +31,39 @@ pub struct CallbackRequest {
     #[serde(default, deserialize_with = "ttl_in_range")]
     #[schema(minimum = 1, maximum = 31_536_000, nullable)]
     pub ttl_secs: Option<u32>,
+    /// Seconds after a sighting these objects go stale (an `object.stale` warning) unless
+    /// seen again, 1 to 31,536,000. Below `ttl_secs` when both are given (else 422
+    /// `stale_not_before_expiry`); at or above the consumers' `OBJECT_TTL_SECS` when
+    /// `ttl_secs` is absent, it never applies (the objects expire first). Absent or null:
+    /// the consumers' `OBJECT_STALE_AFTER_SECS` (unset by default: no stale state).
+    #[serde(default, deserialize_with = "stale_after_in_range")]
+    #[schema(minimum = 1, maximum = 31_536_000, nullable)]
+    pub stale_after_secs: Option<u32>,
 }
 
 /// A TTL is a whole number of seconds from 1 to [`LONGEST_TTL_SECS`] in any JSON spelling
 /// (`60`, `60.0`, `6e1`: all integers to JSON Schema), read exactly like an id; or null.
 fn ttl_in_range<'de, D: Deserializer<'de>>(ttl: D) -> Result<Option<u32>, D::Error> {
-    let literal = <&'de RawValue>::deserialize(ttl)?;
+    seconds_in_range(
+        ttl,
+        "ttl_secs: a whole number of seconds from 1 to 31536000",
+    )
+}
+
+/// A stale delay is read as a TTL is.
+fn stale_after_in_range<'de, D: Deserializer<'de>>(secs: D) -> Result<Option<u32>, D::Error> {
+    seconds_in_range(
+        secs,
+        "stale_after_secs: a whole number of seconds from 1 to 31536000",
+    )
+}
+
+/// A whole number of seconds from 1 to [`LONGEST_TTL_SECS`] in any JSON spelling, or null.
+fn seconds_in_range<'de, D: Deserializer<'de>>(
+    secs: D,
+    expected: &'static str,
+) -> Result<Option<u32>, D::Error> {
+    let literal = <&'de RawValue>::deserialize(secs)?;
     if literal.get().trim() == "null" {
         return Ok(None);
     }
@@ -43,12 +71,7 @@ fn ttl_in_range<'de, D: Deserializer<'de>>(ttl: D) -> Result<Option<u32>, D::Err
         .and_then(|secs| u32::try_from(secs.get()).ok())
         .filter(|secs| (1..=LONGEST_TTL_SECS).contains(secs))
         .map(Some)
-        .ok_or_else(|| {
-            D::Error::invalid_value(
-                Unexpected::Other(literal.get()),
-                &"ttl_secs: a whole number of seconds from 1 to 31536000",
-            )
-        })
+        .ok_or_else(|| D::Error::invalid_value(Unexpected::Other(literal.get()), &expected))
 }
 
 /// An object id: an integer from 0 to 2^63-1, the range PostgreSQL's BIGINT holds.
@@ -267,6 +290,7 @@ pub fn check_messages(
             accepted_at,
             request_id: None,
             ttl_secs: None,
+            stale_after_secs: None,
         })
         .collect()
 }

@@ -38,8 +38,10 @@ const BACKFILL_EVENTS: i64 = 500_000;
 pub struct Figures {
     /// When they were taken (null before the first refresh).
     pub at: Option<DateTime<Utc>>,
-    /// Objects online now.
+    /// Objects online now (stale ones included: not expired).
     pub online: Option<i64>,
+    /// Of them, the stale ones (silent past their stale deadline).
+    pub stale: Option<i64>,
     /// Notifications the relay has not published yet.
     pub unpublished: Option<i64>,
     /// Check messages ready in the work queue (not yet taken by a consumer).
@@ -150,10 +152,12 @@ impl Dashboard {
                 .filter(|hold| hold["state"] == "started");
             match tokio::try_join!(
                 reads::online_count(&self.pool),
+                reads::stale_count(&self.pool),
                 reads::unpublished_count(&self.pool)
             ) {
-                Ok((online, unpublished)) => {
+                Ok((online, stale, unpublished)) => {
                     figures.online = Some(online);
+                    figures.stale = Some(stale);
                     figures.unpublished = Some(unpublished);
                 }
                 Err(err) => figures.error = Some(format!("PostgreSQL: {err}")),

@@ -1,46 +1,66 @@
-//! Expiry: delete objects whose deadline (`expires_at`) has passed, keep their stretch in
-//! the history, and record their `object.expired` notifications and one `digest`, all in
-//! the same transaction.
+//! Sweeping: each round marks the objects past their stale deadline stale
+//! ([`crate::stale`]), then expires those past their deadline (`expires_at`): deletes them,
+//! keeps their stretch in the history, and records their `object.expired` notifications
+//! and one `digest`, all in the same transaction.
 
 use lastseen::contract::metric;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lastseen::domain::{DigestNotification, ExpiredNotification};
+use lastseen::domain::{DIGEST_MAX_IDS, DigestNotification, ExpiredNotification};
 use lastseen::progress::REPORT_EVERY;
 use lastseen::store::{notifications, objects};
 use lastseen::topology::{DIGEST_ROUTING_KEY, EXPIRED_ROUTING_KEY};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
+
+use crate::stale;
 
 use crate::watermark::Watermark;
 
 /// Shortest pause between sweeps, so rows another sweeper holds cannot cause a hot loop.
 pub const MIN_PAUSE: Duration = Duration::from_millis(20);
 
-/// Most ids a digest lists; the count covers them all.
-pub const DIGEST_MAX_IDS: usize = 1_000;
+/// What a sweep does to the objects due: mark them stale, or expire them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Objects silent past their stale deadline are marked stale (`crate::stale`).
+    Stale,
+    /// Objects past their deadline are expired (below).
+    Expiry,
+}
 
-/// Expires every object due (its deadline before the watermark, and not held by an id
-/// waiting in a retry queue), in transactions of at most `batch` objects, each stamped
-/// with its own time, `workers` transactions at once (each locks its own rows and skips
-/// the others'): a mass expiry keeps PostgreSQL busy on more than one core while each
-/// worker builds its notifications. Returns how many were expired.
+/// Marks stale, then expires, every object due (its deadline before the watermark, and
+/// not held by an id waiting in a retry queue), in transactions of at most `batch`
+/// objects, each stamped with its own time, `workers` transactions at once (each locks
+/// its own rows and skips the others'): a mass expiry keeps PostgreSQL busy on more than
+/// one core while each worker builds its notifications. The stale pass runs first, so an
+/// object due for both (the sweepers were down) says `object.stale` before
+/// `object.expired`; expiry waits for that mark (see `objects::expire_due`). Returns how
+/// many were marked stale and how many expired.
 pub async fn sweep(
     pool: &PgPool,
     batch: u32,
     workers: u32,
     watermark: &Watermark,
     max_hold: Duration,
-) -> sqlx::Result<u64> {
-    let chains = (0..workers.max(1)).map(|_| sweep_chain(pool, batch, watermark, max_hold));
-    let expired = futures::future::try_join_all(chains).await?;
-    Ok(expired.into_iter().sum())
+) -> sqlx::Result<(u64, u64)> {
+    let mut done = [0; 2];
+    for (pass, count) in [Pass::Stale, Pass::Expiry].into_iter().zip(&mut done) {
+        let chains =
+            (0..workers.max(1)).map(|_| sweep_chain(pool, pass, batch, watermark, max_hold));
+        *count = futures::future::try_join_all(chains)
+            .await?
+            .into_iter()
+            .sum();
+    }
+    Ok((done[0], done[1]))
 }
 
 /// One worker of [`sweep`]: batches until one comes back short (nothing more is due, or
 /// the rest is locked by another worker or sweeper).
 async fn sweep_chain(
     pool: &PgPool,
+    pass: Pass,
     batch: u32,
     watermark: &Watermark,
     max_hold: Duration,
@@ -54,47 +74,72 @@ async fn sweep_chain(
             holds_from: now - chrono::Duration::from_std(max_hold).unwrap_or(chrono::Duration::MAX),
         };
         let mut tx = pool.begin().await?;
-        let expired = objects::expire_due(&mut tx, due, i64::from(batch)).await?;
-        if expired.is_empty() {
-            tx.commit().await?;
-            return Ok(total);
-        }
-        let ids: Vec<i64> = expired.iter().map(|e| e.id.get()).collect();
-        let payloads: Vec<serde_json::Value> = expired
-            .iter()
-            .map(|e| {
-                serde_json::to_value(ExpiredNotification {
-                    event: EXPIRED_ROUTING_KEY.to_owned(),
-                    object_id: e.id,
-                    first_seen: e.first_seen,
-                    last_seen: e.last_seen,
-                    expires_at: e.expires_at,
-                    expired_at: now,
-                })
-                .expect("a notification always serializes")
-            })
-            .collect();
-        notifications::record(&mut tx, EXPIRED_ROUTING_KEY, &ids, &payloads).await?;
-        let digest = DigestNotification {
-            event: DIGEST_ROUTING_KEY.to_owned(),
-            expired: expired.len() as u64,
-            object_ids: expired.iter().take(DIGEST_MAX_IDS).map(|e| e.id).collect(),
-            truncated: expired.len() > DIGEST_MAX_IDS,
-            expired_at: now,
+        let count = match pass {
+            Pass::Stale => {
+                let stale = stale::mark_batch(&mut tx, due, batch).await?;
+                tx.commit().await?;
+                stale::record_metrics(&stale, Utc::now());
+                stale.len()
+            }
+            Pass::Expiry => {
+                let expired = expire_batch(&mut tx, due, batch).await?;
+                tx.commit().await?;
+                record_expiry_metrics(&expired, Utc::now());
+                expired.len()
+            }
         };
-        let digest = serde_json::to_value(digest).expect("a digest always serializes");
-        notifications::record_event(&mut tx, DIGEST_ROUTING_KEY, &digest).await?;
-        tx.commit().await?;
-        record_expiry_metrics(&expired, Utc::now());
-        total += expired.len() as u64;
-        if expired.len() < batch as usize {
+        total += count as u64;
+        if count < batch as usize {
             return Ok(total);
         }
     }
 }
 
+/// Expires up to `batch` objects due and records their `object.expired` notifications
+/// and one `digest`, in `tx`.
+async fn expire_batch(
+    tx: &mut PgConnection,
+    due: objects::Due,
+    batch: u32,
+) -> sqlx::Result<Vec<objects::Expired>> {
+    let now = due.now;
+    let expired = objects::expire_due(tx, due, i64::from(batch)).await?;
+    if expired.is_empty() {
+        return Ok(expired);
+    }
+    let ids: Vec<i64> = expired.iter().map(|e| e.id.get()).collect();
+    let payloads: Vec<serde_json::Value> = expired
+        .iter()
+        .map(|e| {
+            serde_json::to_value(ExpiredNotification {
+                event: EXPIRED_ROUTING_KEY.to_owned(),
+                object_id: e.id,
+                first_seen: e.first_seen,
+                last_seen: e.last_seen,
+                expires_at: e.expires_at,
+                expired_at: now,
+            })
+            .expect("a notification always serializes")
+        })
+        .collect();
+    notifications::record(tx, EXPIRED_ROUTING_KEY, &ids, &payloads).await?;
+    let digest = DigestNotification {
+        event: DIGEST_ROUTING_KEY.to_owned(),
+        expired: expired.len() as u64,
+        object_ids: expired.iter().take(DIGEST_MAX_IDS).map(|e| e.id).collect(),
+        truncated: expired.len() > DIGEST_MAX_IDS,
+        expired_at: now,
+    };
+    let digest = serde_json::to_value(digest).expect("a digest always serializes");
+    notifications::record_event(tx, DIGEST_ROUTING_KEY, &digest).await?;
+    Ok(expired)
+}
+
 /// Objects expired and, for each, how late after its deadline the expiry committed.
 fn record_expiry_metrics(expired: &[objects::Expired], committed: DateTime<Utc>) {
+    if expired.is_empty() {
+        return;
+    }
     let lag = metrics::histogram!(metric::EXPIRY_LAG_SECONDS);
     for object in expired {
         let late = committed - object.expires_at;

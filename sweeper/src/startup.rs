@@ -10,7 +10,7 @@ use anyhow::Context;
 use lastseen::amqp::Broker;
 use lastseen::ops::WorkerOps;
 use lastseen::session::SessionKeeper;
-use lastseen::store::notifications;
+use lastseen::store::{notifications, objects};
 use lastseen::topology::Topology;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -30,7 +30,7 @@ const ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// How often the relay looks for pending notifications when no sweep woke it.
 const RELAY_POLL: Duration = Duration::from_millis(100);
 
-/// How often the `notifications_pending` gauge is refreshed.
+/// How often the `notifications_pending` and `objects_stale` gauges are refreshed.
 const PENDING_GAUGE_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest a relay round may take (connect, publish, confirms) before it is abandoned.
@@ -147,9 +147,14 @@ impl Application {
             )
             .await
             {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(expired = n, "objects expired");
+                Ok((0, 0)) => {}
+                Ok((stale, n)) => {
+                    if stale > 0 {
+                        tracing::info!(stale, "objects marked stale");
+                    }
+                    if n > 0 {
+                        tracing::info!(expired = n, "objects expired");
+                    }
                     expired.notify_one();
                 }
                 Err(err) => {
@@ -272,11 +277,15 @@ async fn relay_outbox(
                 failed = true;
             }
         }
-        // Counting is a scan of the pending rows: at most once a second, not every poll.
+        // Counting is a scan of the pending (and the stale) rows: at most once a second,
+        // not every poll.
         if last_count.elapsed() >= PENDING_GAUGE_EVERY {
             last_count = tokio::time::Instant::now();
             if let Ok(pending) = notifications::count_pending(&pool).await {
                 metrics::gauge!(metric::NOTIFICATIONS_PENDING).set(pending as f64);
+            }
+            if let Ok(stale) = objects::stale_count(&pool).await {
+                metrics::gauge!(metric::OBJECTS_STALE).set(stale as f64);
             }
         }
         let pause = if failed { ERROR_PAUSE } else { RELAY_POLL };

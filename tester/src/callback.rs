@@ -129,10 +129,18 @@ impl CallbackClient {
         }
     }
 
-    /// [`Self::post`], and how long the answer took.
-    pub async fn post_timed<Id: Serialize>(&self, ids: &[Id]) -> (Answer, Duration) {
+    /// [`Self::post`] (or [`Self::post_with_ttl`] with a TTL), and how long the answer
+    /// took.
+    pub async fn post_timed<Id: Serialize>(
+        &self,
+        ids: &[Id],
+        ttl_secs: Option<u32>,
+    ) -> (Answer, Duration) {
         let started = Instant::now();
-        let answer = self.post(ids).await;
+        let answer = match ttl_secs {
+            Some(ttl) => self.post_with_ttl(ids, ttl).await,
+            None => self.post(ids).await,
+        };
         (answer, started.elapsed())
     }
 

@@ -146,6 +146,25 @@ mod consumer {
     }
 
     #[test]
+    fn a_stale_delay_not_below_the_ttl_exits_2_naming_it() {
+        let output = Command::new(binary("consumer"))
+            .env("OBJECT_TTL_SECS", "30")
+            .env("OBJECT_STALE_AFTER_SECS", "30")
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("invalid configuration: OBJECT_STALE_AFTER_SECS"));
+        assert!(
+            line.is_some_and(|l| l.contains("OBJECT_TTL_SECS (30)")),
+            "{stderr}"
+        );
+        assert_bad_setting_is_refused(&binary("consumer"), "OBJECT_STALE_AFTER_SECS", "0");
+    }
+
+    #[test]
     fn an_error_prints_each_cause_once() {
         let taken = TcpListener::bind("127.0.0.1:0").expect("a free port");
         let addr = taken.local_addr().expect("a bound address");

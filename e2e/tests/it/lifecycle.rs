@@ -131,6 +131,7 @@ async fn an_object_refreshed_while_a_sweep_runs_is_never_wrongly_expired_1000_ti
                 id,
                 seen_at,
                 expires_at: seen_at + chrono::Duration::seconds(30),
+                stale_at: None,
             };
             let mut tx = pool_b.begin().await?;
             let came_online = objects::upsert_sightings(&mut tx, &[sighting])
@@ -284,6 +285,7 @@ async fn a_sighting_older_than_the_latest_expiry_does_not_resurrect_its_stretch(
                 id,
                 seen_at,
                 expires_at: seen_at + secs(30),
+                stale_at: None,
             };
             let mut tx = pool.begin().await?;
             let upserted = objects::upsert_sightings(&mut tx, &[sighting]).await?;

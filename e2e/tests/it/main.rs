@@ -29,6 +29,7 @@ mod schema;
 mod session_breaks;
 mod slow_clients;
 mod spool;
+mod stale;
 mod status_page;
 mod tls;
 mod webhook;

@@ -17,6 +17,7 @@ fn check_message(id: i64) -> CheckMessage {
         object_ids: vec![ObjectId::new(id).expect("a valid id")],
         accepted_at: chrono::Utc::now(),
         ttl_secs: None,
+        stale_after_secs: None,
         request_id: None,
     }
 }

@@ -164,6 +164,35 @@ async fn objects_their_pages_and_history_come_from_the_database() -> anyhow::Res
     assert_eq!(expired["objects"].as_array().unwrap().len(), 1, "{expired}");
     assert_eq!(expired["objects"][0]["id"], 9);
     assert_eq!(expired["next"], Value::Null);
+    assert_eq!(
+        (three["state"].as_str(), nine["state"].as_str()),
+        (Some("online"), Some("expired"))
+    );
+
+    // Object 4 goes stale: listed as stale, no longer as online.
+    sqlx::query(
+        "UPDATE objects SET stale_at = last_seen + interval '1 second', stale_since = now()
+         WHERE id = 4",
+    )
+    .execute(&env.pool)
+    .await?;
+    let listed = |page: &Value| -> Vec<i64> {
+        page["objects"]
+            .as_array()
+            .map(|objects| objects.iter().filter_map(|o| o["id"].as_i64()).collect())
+            .unwrap_or_default()
+    };
+    let (_, stale) = get(&base, "/objects?state=stale").await?;
+    assert_eq!(listed(&stale), vec![4], "{stale}");
+    assert_eq!(stale["objects"][0]["state"], "stale");
+    assert!(stale["objects"][0]["stale_since"].is_string(), "{stale}");
+    let (_, online) = get(&base, "/objects?state=online").await?;
+    assert_eq!(listed(&online), vec![1, 2, 3, 5], "{online}");
+    let (_, four) = get(&base, "/objects/4").await?;
+    assert_eq!(
+        (four["state"].as_str(), &four["online"]),
+        (Some("stale"), &Value::Bool(true))
+    );
 
     let (status, history) = get(&base, "/objects/3/history").await?;
     assert_eq!(status, 200, "{history}");

@@ -91,13 +91,15 @@ fn shown(n: i64) -> String {
 #[ignore = "needs chromium and chromedriver: make browser-check"]
 async fn the_status_page_shows_the_database_live_and_an_objects_history() -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::default()).await?;
-    // 1,204 objects online, 3 of them with an expired stretch before; events of the last
+    // 1,204 objects online (12 of them stale), 3 with an expired stretch before; events of the last
     // hour: 1,204 online and 40 expired, spread over minutes; none published yet.
     sqlx::raw_sql(
         "INSERT INTO objects (id, first_seen, last_seen, expires_at)
          SELECT id, now() - interval '20 minutes', now() - (id % 50) * interval '1 second',
                 now() + interval '1 hour'
          FROM generate_series(1, 1204) AS id;
+         UPDATE objects SET stale_at = last_seen + interval '1 second', stale_since = now()
+         WHERE id % 100 = 7;
          INSERT INTO object_expiries (object_id, first_seen, last_seen, expires_at, expired_at)
          SELECT 3, now() - (k * 10 + 9) * interval '1 minute', now() - (k * 10 + 5) * interval '1 minute',
                 now() - (k * 10 + 4) * interval '1 minute', now() - (k * 10 + 4) * interval '1 minute'
@@ -127,6 +129,9 @@ async fn the_status_page_shows_the_database_live_and_an_objects_history() -> any
             async move { anyhow::Ok(sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await?) }
         };
         until_text(&page, "#online", &shown(count("SELECT count(*) FROM objects").await?)).await?;
+        let stale = count("SELECT count(*) FROM objects WHERE stale_since IS NOT NULL").await?;
+        assert_eq!(stale, 12, "the seed marks 12 objects stale");
+        until_text(&page, "#stale", &shown(stale)).await?;
         until_text(
             &page,
             "#online-hour",

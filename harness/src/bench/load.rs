@@ -1,5 +1,6 @@
-//! The load of a benchmark run: callbacks of distinct random ids at a target rate, with
-//! latency, accepted counts and a sample of ids for the end-to-end lag.
+//! The load of a benchmark run: callbacks of distinct ids (random, or a fleet's in turn)
+//! at a target rate, with latency, accepted counts and a sample of ids for the
+//! end-to-end lag.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,28 @@ pub struct LoadCounters {
     pub ticks_missed: AtomicU64,
 }
 
+/// Which ids the callbacks carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdSource {
+    /// Drawn at random from 0 to `space` (exclusive), distinct within a callback.
+    Random { space: u64 },
+    /// A fleet of `size` objects (ids 0 to `size` - 1) reported in turn, so each comes
+    /// back once every `size` / rate seconds, with a TTL above that.
+    Fleet { size: u64, ttl_secs: u32 },
+}
+
+impl IdSource {
+    /// A fleet of `size` reported at `rate` ids/s: its TTL is twice the period between
+    /// two reports of an object, and at least 60 s.
+    pub fn fleet(size: u64, rate: u64) -> Self {
+        let period = size as f64 / rate.max(1) as f64;
+        Self::Fleet {
+            size: size.max(1),
+            ttl_secs: ((2.0 * period).ceil() as u32).max(60),
+        }
+    }
+}
+
 /// What the load run produced.
 pub struct LoadOutcome {
     pub elapsed: Duration,
@@ -40,7 +63,7 @@ pub async fn run(
     url: String,
     rate: u64,
     ids_per_callback: usize,
-    id_space: u64,
+    source: IdSource,
     clients: usize,
     duration: Duration,
     counters: Arc<LoadCounters>,
@@ -57,6 +80,11 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
     let mut sent = 0u64;
+    let mut fleet_cursor = 0u64;
+    let ttl_secs = match source {
+        IdSource::Fleet { ttl_secs, .. } => Some(ttl_secs),
+        IdSource::Random { .. } => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     while started.elapsed() < duration && !stop.is_cancelled() {
         ticker.tick().await;
@@ -67,13 +95,23 @@ pub async fn run(
         sent += 1;
         // Follow two ids of every tenth callback.
         let follow = sent.is_multiple_of(10);
-        let ids: Vec<u64> = {
-            let mut rng = rand::rng();
-            let amount = ids_per_callback.min(id_space as usize);
-            rand::seq::index::sample(&mut rng, id_space as usize, amount)
-                .into_iter()
-                .map(|i| i as u64)
-                .collect()
+        let ids: Vec<u64> = match source {
+            IdSource::Random { space } => {
+                let mut rng = rand::rng();
+                let amount = ids_per_callback.min(space as usize);
+                rand::seq::index::sample(&mut rng, space as usize, amount)
+                    .into_iter()
+                    .map(|i| i as u64)
+                    .collect()
+            }
+            IdSource::Fleet { size, .. } => {
+                let amount = (ids_per_callback as u64).min(size);
+                let ids = (fleet_cursor..fleet_cursor + amount)
+                    .map(|i| i % size)
+                    .collect();
+                fleet_cursor = (fleet_cursor + amount) % size;
+                ids
+            }
         };
         let (client, latency, counters, tracked) = (
             client.clone(),
@@ -82,7 +120,7 @@ pub async fn run(
             tracked.clone(),
         );
         tasks.spawn(async move {
-            let (answer, took) = client.post_timed(&ids).await;
+            let (answer, took) = client.post_timed(&ids, ttl_secs).await;
             let micros = took.as_micros() as u64;
             let accepted_at = chrono::Utc::now();
             drop(permit);
@@ -116,4 +154,28 @@ pub async fn run(
         elapsed,
         latency_us,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleets_ttl_is_twice_its_period_and_at_least_a_minute() {
+        // 400,000 objects at 15,000 ids/s: each reported every 26.7 s.
+        assert_eq!(
+            IdSource::fleet(400_000, 15_000),
+            IdSource::Fleet {
+                size: 400_000,
+                ttl_secs: 60
+            }
+        );
+        assert_eq!(
+            IdSource::fleet(400_000, 2_000),
+            IdSource::Fleet {
+                size: 400_000,
+                ttl_secs: 400
+            }
+        );
+    }
 }

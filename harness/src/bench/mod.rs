@@ -1,7 +1,8 @@
 //! `harness bench`: runs the whole pipeline on this machine as `make run` does, loads it
-//! at a target rate, and reports throughput, latency, lag, backlog and resource use
-//! next to the raw capacity of each part. With several rates it finds the highest rate
-//! the pipeline sustains.
+//! at a target rate with one of two profiles (churn or fleet), and reports throughput,
+//! latency, lag, backlog, resource use and CPU per id, next to the ceiling (the status
+//! calls alone, measured in the same run) and the raw capacity of each part. With several
+//! rates it finds the highest rate the pipeline sustains.
 
 mod load;
 mod observe;
@@ -36,6 +37,23 @@ pub struct BenchArgs {
     /// sustained without a growing backlog.
     #[arg(long, env = "BENCH_RATES", value_delimiter = ',')]
     pub rates: Vec<u64>,
+    /// `churn`: ids drawn at random from BENCH_ID_SPACE, so most sightings are of objects
+    /// new or back after expiring (each raises `object.online`, later an expiry, its
+    /// history row, `object.expired` and a digest). `fleet`: a fixed fleet of BENCH_FLEET
+    /// objects, known before the load starts, each reported once every BENCH_FLEET / rate
+    /// seconds with a TTL above that, so nearly every sighting is a refresh.
+    #[arg(long, env = "BENCH_PROFILE", value_enum, default_value_t = Profile::Churn)]
+    pub profile: Profile,
+    /// Objects in the `fleet` profile.
+    #[arg(long, env = "BENCH_FLEET", default_value_t = 400_000)]
+    pub fleet: u64,
+    /// Seconds of the ceiling measurement (the status calls alone, after 5 s of warm-up);
+    /// 0 skips it.
+    #[arg(long, env = "BENCH_CEILING_SECS", default_value_t = 10)]
+    pub ceiling_secs: u64,
+    /// Status calls in flight per consumer, passed as MAX_CHECKS_IN_FLIGHT.
+    #[arg(long, env = "BENCH_MAX_CHECKS_IN_FLIGHT", default_value_t = 12_000)]
+    pub max_checks_in_flight: u32,
     /// Distinct ids in one callback.
     #[arg(long, env = "BENCH_IDS_PER_CALLBACK", default_value_t = 200)]
     pub ids_per_callback: usize,
@@ -99,6 +117,17 @@ pub struct BenchArgs {
     #[arg(long, env = "BENCH_READERS", value_parser = clap::builder::FalseyValueParser::new())]
     pub readers: bool,
 }
+
+/// What the load looks like (see [`BenchArgs::profile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Churn,
+    Fleet,
+}
+
+/// Warm-up of the ceiling measurement: the slowest status answer (4.3 s) and a margin.
+const CEILING_WARMUP: Duration = Duration::from_secs(5);
 
 /// Ports the benchmark's processes use, away from `make run`'s.
 const CALLBACK_PORT: u16 = 19190;
@@ -184,7 +213,8 @@ async fn measure_raw(args: &BenchArgs) -> anyhow::Result<raw::RawRates> {
     )?;
     let url = format!("http://127.0.0.1:{RAW_STATUS_PORT}");
     observe::wait_http(&format!("{url}/stats")).await?;
-    let status = raw::status_simulator(&url, 128, Duration::from_secs(3)).await?;
+    let (status, _client) =
+        raw::status_calls(&[url], 128, Duration::ZERO, Duration::from_secs(3)).await?;
     sim.stop_all(Duration::from_secs(5)).await;
     Ok(raw::RawRates {
         rabbitmq_publish_confirm_msgs_per_sec: publish,
@@ -206,6 +236,22 @@ async fn run_once(
     crate::broker_admin::delete_local_queues(&args.amqp_url, PREFIX).await;
     let pool = crate::database::fresh(&args.database_url, "BENCH_DATABASE_URL").await?;
     let logs = args.out.join("logs");
+    let ceiling = if args.ceiling_secs > 0 {
+        eprintln!("measuring the ceiling: the status calls alone...");
+        Some(measure_ceiling(args).await?)
+    } else {
+        None
+    };
+    let ids = match args.profile {
+        Profile::Churn => load::IdSource::Random {
+            space: args.id_space,
+        },
+        Profile::Fleet => {
+            let source = load::IdSource::fleet(args.fleet, rate);
+            seed_fleet(&pool, &source, rate).await?;
+            source
+        }
+    };
     // Each run starts with an empty spool: leftovers of an aborted run would skew it.
     let spool = args.out.join("spool").join("producer.redb");
     let _ = std::fs::remove_file(&spool);
@@ -271,6 +317,10 @@ async fn run_once(
                     ),
                 ),
                 ("PREFETCH", args.prefetch.to_string()),
+                (
+                    "MAX_CHECKS_IN_FLIGHT",
+                    args.max_checks_in_flight.to_string(),
+                ),
             ]),
         )?;
     }
@@ -319,7 +369,7 @@ async fn run_once(
         format!("http://127.0.0.1:{CALLBACK_PORT}/callback"),
         rate,
         args.ids_per_callback,
-        args.id_space,
+        ids,
         args.clients,
         load_secs,
         counters.clone(),
@@ -337,7 +387,77 @@ async fn run_once(
     crate::broker_admin::delete_local_queues(&args.amqp_url, PREFIX).await;
     let mut result = report::summarize(args, rate, &counters, outcome, observed, raw);
     result.readers = read;
+    result.set_ceiling(ceiling);
     Ok(result)
+}
+
+/// The status calls alone, at the simulators' real delays, with the concurrency the
+/// consumers have (each holds at most `MAX_CHECKS_IN_FLIGHT`, and at most its prefetch ×
+/// ids per message) and as many simulator processes: the ids/s this machine can check,
+/// whatever the rest of the pipeline does.
+async fn measure_ceiling(args: &BenchArgs) -> anyhow::Result<report::Ceiling> {
+    let per_consumer = (args.max_checks_in_flight as usize)
+        .min(usize::from(args.prefetch) * args.ids_per_message as usize);
+    let concurrency = per_consumer * args.consumers.max(1);
+    let mut sims = Supervisor::new(&args.bin, &args.out.join("logs"));
+    let mut urls = Vec::new();
+    for i in 0..args.status_procs.max(1) {
+        let port = STATUS_PORT + i as u16;
+        sims.start(
+            &format!("ceiling-status-{}", i + 1),
+            "tester",
+            &["serve"],
+            &[
+                ("STATUS_ADDR", format!("127.0.0.1:{port}")),
+                ("STATUS_DELAY_MIN_MS", args.delay_min_ms.to_string()),
+                ("STATUS_DELAY_MAX_MS", args.delay_max_ms.to_string()),
+                ("STATUS_ONLINE", "all".into()),
+                ("STATUS_DELAY_BY_ID", "true".into()),
+                ("RUST_LOG", "warn".into()),
+            ],
+        )?;
+        let url = format!("http://127.0.0.1:{port}");
+        observe::wait_http(&format!("{url}/stats")).await?;
+        urls.push(url);
+    }
+    let (calls_per_sec, client) = raw::status_calls(
+        &urls,
+        concurrency,
+        CEILING_WARMUP,
+        Duration::from_secs(args.ceiling_secs),
+    )
+    .await?;
+    sims.stop_all(Duration::from_secs(5)).await;
+    drop(client);
+    Ok(report::Ceiling {
+        ids_per_sec: calls_per_sec,
+        concurrency,
+        secs: args.ceiling_secs,
+    })
+}
+
+/// The fleet, known before the load: every object online, each last seen one period
+/// before the load will report it again (the load goes through the fleet in id order).
+async fn seed_fleet(pool: &sqlx::PgPool, fleet: &load::IdSource, rate: u64) -> anyhow::Result<()> {
+    let load::IdSource::Fleet { size, ttl_secs } = *fleet else {
+        return Ok(());
+    };
+    let period = size as f64 / rate.max(1) as f64;
+    sqlx::query(
+        "INSERT INTO objects (id, first_seen, last_seen, expires_at)
+         SELECT i, seen - interval '1 hour', seen, seen + make_interval(secs => $3)
+         FROM generate_series(0, $1 - 1) AS i,
+              LATERAL (SELECT now() - make_interval(secs => $2 - i::float8 / $4) AS seen) s",
+    )
+    .bind(size as i64)
+    .bind(period)
+    .bind(f64::from(ttl_secs))
+    .bind(rate.max(1) as f64)
+    .execute(pool)
+    .await
+    .context("seeding the fleet")?;
+    sqlx::query("ANALYZE objects").execute(pool).await?;
+    Ok(())
 }
 
 /// The run's database as the read-only `analyst` login (`make services` creates it).

@@ -57,6 +57,7 @@ pub async fn rabbitmq(
         accepted_at: chrono::Utc::now(),
         request_id: None,
         ttl_secs: None,
+        stale_after_secs: None,
     })?;
 
     // Publish in windows, as concurrent callbacks do.
@@ -126,6 +127,7 @@ pub async fn postgresql(
                     id,
                     seen_at: now,
                     expires_at: now + chrono::Duration::seconds(30),
+                    stale_at: None,
                 })
                 .collect()
         };
@@ -141,24 +143,34 @@ pub async fn postgresql(
     Ok(rate)
 }
 
-/// The status simulator (serving with no delay at `url`): requests per second answered
-/// to `concurrency` clients over `duration`.
-pub async fn status_simulator(
-    url: &str,
+/// Status calls answered per second by the simulators at `urls` to `concurrency`
+/// callers (caller i asks `urls[i % n]`, as consumer i does), counted from `warmup` for
+/// `duration`. Each caller keeps one call in flight on its own connection, so this is
+/// how many status calls of the simulators' delays the machine holds at that
+/// concurrency. The client comes back with its connections open: drop it only after the
+/// simulators stopped, so their side closes and keeps the TIME_WAIT sockets, not the
+/// ephemeral ports the pipeline needs next.
+pub async fn status_calls(
+    urls: &[String],
     concurrency: usize,
+    warmup: Duration,
     duration: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, reqwest::Client)> {
+    anyhow::ensure!(!urls.is_empty(), "no status simulator to call");
     let client = lastseen::tls::http_client().build()?;
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let end = warmup + duration;
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
-        let (client, done, url) = (client.clone(), done.clone(), url.to_owned());
+        let url = urls[worker % urls.len()].clone();
+        let (client, done) = (client.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut id = worker as u64;
-            while started.elapsed() < duration {
+            while started.elapsed() < end {
                 if let Ok(r) = client.get(format!("{url}/objects/{id}")).send().await
                     && r.bytes().await.is_ok()
+                    && (warmup..end).contains(&started.elapsed())
                 {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -169,5 +181,8 @@ pub async fn status_simulator(
     for t in tasks {
         t.await?;
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+    let counted = (started.elapsed().min(end) - warmup)
+        .as_secs_f64()
+        .max(1e-3);
+    Ok((done.load(Ordering::Relaxed) as f64 / counted, client))
 }

@@ -14,10 +14,24 @@ use super::load::{LoadCounters, LoadOutcome};
 use super::observe::{Observed, Sample};
 use super::raw::RawRates;
 
+/// The ceiling: the status calls alone at the simulators' real delays, with the
+/// consumers' concurrency, measured in the same run before the pipeline starts.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Ceiling {
+    /// Status calls answered per second: ids/s this machine can check.
+    pub ids_per_sec: f64,
+    /// Calls kept in flight (consumers × each one's most checks in flight).
+    pub concurrency: usize,
+    pub secs: u64,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
     pub machine: String,
+    pub profile: super::Profile,
+    /// Objects in the fleet (`fleet` profile only).
+    pub fleet: Option<u64>,
     pub target_ids_per_sec: u64,
     pub secs: u64,
     pub ids_per_callback: usize,
@@ -46,11 +60,19 @@ pub struct RunResult {
     pub peak_in_flight: u64,
     pub rss_mb: BTreeMap<String, f64>,
     pub cpu_percent: BTreeMap<String, f64>,
+    /// CPU seconds per 1,000 ids stored, by process (RabbitMQ's and PostgreSQL's
+    /// processes each summed), over the whole observation (load and drain).
+    pub cpu_secs_per_1k_ids: BTreeMap<String, f64>,
+    /// The same for every process but the status simulators (the outside world).
+    pub cpu_secs_per_1k_ids_pipeline: f64,
+    /// The consumers' peak resident memory over the peak checks in flight, KB per check.
+    pub consumer_kb_per_check_in_flight: Option<f64>,
+    pub ceiling: Option<Ceiling>,
+    /// Stored ids/s over the ceiling's ids/s.
+    pub fraction_of_ceiling: Option<f64>,
     pub raw: Option<RawRates>,
     /// Each part's raw rate in ids per second (messages count `ids_per_message` ids).
     pub raw_ids_per_sec: BTreeMap<String, f64>,
-    pub slowest_part: Option<String>,
-    pub fraction_of_slowest_part: Option<f64>,
     pub sustained: bool,
     /// What the readers did, with `BENCH_READERS=1`.
     pub readers: Option<super::readers::ReadFigures>,
@@ -147,10 +169,29 @@ pub fn summarize(
             r.status_simulator_requests_per_sec,
         );
     }
-    let slowest = raw_ids_per_sec
+    let ids_stored_total = samples.last().map_or(0, |s| s.ids_stored);
+    let per_1k = |cpu_secs: f64| round3(cpu_secs * 1000.0 / (ids_stored_total.max(1) as f64));
+    let cpu_secs_per_1k_ids: BTreeMap<String, f64> = observed
+        .usage
         .iter()
-        .min_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(k, v)| (k.clone(), *v));
+        .map(|(k, u)| (k.clone(), per_1k(u.cpu_secs)))
+        .collect();
+    let cpu_secs_per_1k_ids_pipeline = per_1k(
+        observed
+            .usage
+            .iter()
+            .filter(|(k, _)| !k.starts_with("status"))
+            .map(|(_, u)| u.cpu_secs)
+            .sum(),
+    );
+    let consumer_rss_mb: f64 = observed
+        .usage
+        .iter()
+        .filter(|(k, _)| k.starts_with("consumer"))
+        .map(|(_, u)| u.peak_rss_mb)
+        .sum();
+    let consumer_kb_per_check_in_flight = (observed.peak_in_flight > 0)
+        .then(|| round1(consumer_rss_mb * 1024.0 / observed.peak_in_flight as f64));
 
     let ms = |us: u64| us as f64 / 1000.0;
     let sustained = !backlog_grew
@@ -158,6 +199,8 @@ pub fn summarize(
         && ids_per_sec_stored >= 0.95 * ids_per_sec_accepted;
     RunResult {
         machine: machine(),
+        profile: args.profile,
+        fleet: (args.profile == super::Profile::Fleet).then_some(args.fleet),
         target_ids_per_sec: rate,
         secs: args.secs,
         ids_per_callback: args.ids_per_callback,
@@ -169,7 +212,7 @@ pub fn summarize(
         callbacks_per_sec: callbacks_accepted as f64 / load_secs,
         ids_per_sec_accepted,
         ids_per_sec_stored,
-        ids_stored_total: samples.last().map_or(0, |s| s.ids_stored),
+        ids_stored_total,
         callback_p50_ms: ms(outcome.latency_us.value_at_quantile(0.5)),
         callback_p99_ms: ms(outcome.latency_us.value_at_quantile(0.99)),
         callback_max_ms: ms(outcome.latency_us.max()),
@@ -192,16 +235,28 @@ pub fn summarize(
             .iter()
             .map(|(k, u)| (k.clone(), round1(u.cpu_percent)))
             .collect(),
+        cpu_secs_per_1k_ids,
+        cpu_secs_per_1k_ids_pipeline,
+        consumer_kb_per_check_in_flight,
+        ceiling: None,
+        fraction_of_ceiling: None,
         raw,
         raw_ids_per_sec: raw_ids_per_sec
             .into_iter()
             .map(|(k, v)| (k, round1(v)))
             .collect(),
-        slowest_part: slowest.as_ref().map(|s| s.0.clone()),
-        fraction_of_slowest_part: slowest.map(|s| round3(ids_per_sec_stored / s.1.max(1e-9))),
         sustained,
         readers: None,
         samples,
+    }
+}
+
+impl RunResult {
+    /// Records the ceiling measured before the run, and the pipeline's fraction of it.
+    pub fn set_ceiling(&mut self, ceiling: Option<Ceiling>) {
+        self.ceiling = ceiling;
+        self.fraction_of_ceiling =
+            ceiling.map(|c| round3(self.ids_per_sec_stored / c.ids_per_sec.max(1e-9)));
     }
 }
 
@@ -221,6 +276,13 @@ pub fn markdown(r: &RunResult) -> String {
         "Run: {} s at a target of {} ids/s; {} ids per callback, {} per message; {} consumers, prefetch {}.\n\n",
         r.secs, r.target_ids_per_sec, r.ids_per_callback, r.ids_per_message, r.consumers, r.prefetch
     ));
+    s.push_str(&match r.fleet {
+        Some(fleet) => format!(
+            "Profile: fleet, {fleet} objects known before the load, each reported once every {:.1} s: nearly every sighting is a refresh.\n\n",
+            fleet as f64 / r.target_ids_per_sec.max(1) as f64
+        ),
+        None => "Profile: churn, ids drawn at random: most sightings are of objects new or back after expiring.\n\n".to_owned(),
+    });
     s.push_str("| figure | value |\n|---|---:|\n");
     let rows: Vec<(&str, String)> = vec![
         (
@@ -258,6 +320,26 @@ pub fn markdown(r: &RunResult) -> String {
                 .map_or("not within 60 s".into(), |d| format!("{d:.1}")),
         ),
         ("peak checks in flight", r.peak_in_flight.to_string()),
+        (
+            "ceiling: status calls alone, ids/s (calls in flight)",
+            r.ceiling.map_or("not measured".into(), |c| {
+                format!("{:.0} ({})", c.ids_per_sec, c.concurrency)
+            }),
+        ),
+        (
+            "pipeline's fraction of the ceiling",
+            r.fraction_of_ceiling
+                .map_or("-".into(), |f| format!("{f:.3}")),
+        ),
+        (
+            "CPU-s per 1,000 ids stored, all but the simulators",
+            format!("{:.3}", r.cpu_secs_per_1k_ids_pipeline),
+        ),
+        (
+            "consumer memory per check in flight (KB)",
+            r.consumer_kb_per_check_in_flight
+                .map_or("-".into(), |kb| format!("{kb:.1}")),
+        ),
         ("sustained", r.sustained.to_string()),
     ];
     let mut rows = rows;
@@ -277,10 +359,11 @@ pub fn markdown(r: &RunResult) -> String {
     for (k, v) in rows {
         s.push_str(&format!("| {k} | {v} |\n"));
     }
-    s.push_str("\n| process | CPU % of one core | peak RSS MB |\n|---|---:|---:|\n");
+    s.push_str("\n| process | CPU % of one core | CPU-s per 1,000 ids stored | peak RSS MB |\n|---|---:|---:|---:|\n");
     for (name, cpu) in &r.cpu_percent {
         s.push_str(&format!(
-            "| {name} | {cpu:.1} | {:.1} |\n",
+            "| {name} | {cpu:.1} | {:.3} | {:.1} |\n",
+            r.cpu_secs_per_1k_ids.get(name).copied().unwrap_or(0.0),
             r.rss_mb.get(name).copied().unwrap_or(0.0)
         ));
     }
@@ -316,9 +399,6 @@ pub fn markdown(r: &RunResult) -> String {
                 "| {label} | {rate:.0} | {:.0} |\n",
                 r.raw_ids_per_sec.get(key).copied().unwrap_or(0.0)
             ));
-        }
-        if let (Some(part), Some(f)) = (&r.slowest_part, r.fraction_of_slowest_part) {
-            s.push_str(&format!("\nPipeline throughput (stored) is {f:.3} of the slowest part's raw rate ({part}).\n"));
         }
     }
     s
@@ -391,12 +471,13 @@ pub fn write_sweep(out: &Path, results: &[RunResult]) -> anyhow::Result<String> 
     Ok(table)
 }
 
-/// Throughput, backlog and lag over time, in three panels.
+/// Throughput, backlog and lag over time, and the CPU cost per id by process, in four
+/// panels.
 fn chart(path: &Path, r: &RunResult) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (900, 900)).into_drawing_area();
+    let root = SVGBackend::new(path, (900, 1200)).into_drawing_area();
     root.fill(&WHITE)
         .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
-    let panels = root.split_evenly((3, 1));
+    let panels = root.split_evenly((4, 1));
     let t_max = r.samples.last().map_or(1.0, |s| s.t_secs).max(1.0);
     let rates: Vec<(f64, f64, f64)> = r
         .samples
@@ -491,6 +572,42 @@ fn chart(path: &Path, r: &RunResult) -> anyhow::Result<()> {
         .map_err(draw)?;
     c.configure_mesh().x_desc("s").draw().map_err(draw)?;
     c.draw_series(LineSeries::new(lags, &BLACK)).map_err(draw)?;
+
+    let costs: Vec<(&String, f64)> = r.cpu_secs_per_1k_ids.iter().map(|(k, v)| (k, *v)).collect();
+    let c_max = costs.iter().map(|c| c.1).fold(0.01, f64::max) * 1.15;
+    let mut c = ChartBuilder::on(&panels[3])
+        .caption(
+            format!(
+                "CPU-s per 1,000 ids stored (all but the simulators: {:.3})",
+                r.cpu_secs_per_1k_ids_pipeline
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..costs.len().max(1) as f64, 0.0..c_max)
+        .map_err(draw)?;
+    c.configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .draw()
+        .map_err(draw)?;
+    c.draw_series(costs.iter().enumerate().map(|(i, (_, v))| {
+        Rectangle::new(
+            [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)],
+            BLUE.filled(),
+        )
+    }))
+    .map_err(draw)?;
+    c.draw_series(costs.iter().enumerate().map(|(i, (name, v))| {
+        Text::new(
+            format!("{name} {v:.3}"),
+            (i as f64 + 0.1, *v + c_max * 0.03),
+            ("sans-serif", 12),
+        )
+    }))
+    .map_err(draw)?;
     root.present().map_err(|e| anyhow::anyhow!("chart: {e}"))?;
     Ok(())
 }

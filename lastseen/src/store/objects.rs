@@ -8,12 +8,14 @@ use sqlx::{PgConnection, PgPool};
 use crate::ObjectId;
 
 /// An object seen online at a moment (when the status service answered), and the
-/// deadline that sighting gives it (`seen_at` + the callback's TTL).
+/// deadlines that sighting gives it: `expires_at` (`seen_at` + the callback's TTL) and,
+/// when a stale delay applies and is shorter than the TTL, `stale_at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sighting {
     pub id: ObjectId,
     pub seen_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    pub stale_at: Option<DateTime<Utc>>,
 }
 
 /// An object that was not in `objects` before this sighting: first seen, or back after
@@ -23,6 +25,7 @@ pub struct CameOnline {
     pub id: ObjectId,
     pub seen_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    pub stale_at: Option<DateTime<Utc>>,
     /// The object's latest expiry, when it comes back after one.
     pub previous: Option<PreviousExpiry>,
 }
@@ -36,14 +39,37 @@ pub struct PreviousExpiry {
     pub expired_at: DateTime<Utc>,
 }
 
+/// A stale object seen again: online once more, no longer stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    pub id: ObjectId,
+    pub seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub stale_at: Option<DateTime<Utc>>,
+    /// Its last sighting before this one: silent from then until `seen_at`.
+    pub previous_last_seen: DateTime<Utc>,
+}
+
 /// What an upsert of sightings did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Upserted {
     /// The objects it inserted.
     pub came_online: Vec<CameOnline>,
+    /// The stale objects it brought back (a sighting newer than their last).
+    pub recovered: Vec<Recovered>,
     /// Sightings it dropped because they fall inside an expired stretch: at or before the
     /// deadline of their object's latest expiry (see [`upsert_sightings`]).
     pub in_the_past: usize,
+}
+
+/// An object marked stale: silent past its stale deadline, not yet expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stale {
+    pub id: ObjectId,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub stale_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// An object removed at its deadline, with its stretch online.
@@ -56,8 +82,15 @@ pub struct Expired {
 }
 
 /// Upserts many sightings in one statement and returns the objects it inserted (which
-/// come online). `last_seen` never moves backwards; `expires_at` follows the latest
-/// sighting. Call inside the transaction that records their `object.online` events.
+/// come online) and the stale ones it brought back. `last_seen` never moves backwards;
+/// `expires_at` and `stale_at` follow the latest sighting, and a sighting newer than a
+/// stale object's `last_seen` ends its stale state. Call inside the transaction that
+/// records their `object.online` events.
+///
+/// Whether a write ended a stale state is decided on the locked row (a sweeper may mark
+/// the object stale between this statement's snapshot and its write), so the write keeps
+/// the row's previous `last_seen` in `recovered_last_seen` for `RETURNING` to see: NULL
+/// on every write that recovered nothing.
 ///
 /// A sighting of an object not in `objects` that is no later than the deadline of the
 /// object's latest expiry belongs to that expired stretch (its commit was late: the
@@ -87,41 +120,65 @@ pub async fn upsert_sightings(
     let ids: Vec<i64> = rows.iter().map(|s| s.id.get()).collect();
     let seen: Vec<DateTime<Utc>> = rows.iter().map(|s| s.seen_at).collect();
     let expires: Vec<DateTime<Utc>> = rows.iter().map(|s| s.expires_at).collect();
+    let stale: Vec<Option<DateTime<Utc>>> = rows.iter().map(|s| s.stale_at).collect();
     // The latest expiry is looked up only for ids not in `objects`, so refreshing an
     // online object costs what it did; it is one row per object in `object_last_expiry`,
     // not a search through every day partition of `object_expiries`.
     // `xmax = 0` on a returned row: it was inserted, not updated.
     let written: Vec<UpsertedRow> = sqlx::query_as(
         "WITH s AS (
-             SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::timestamptz[])
-                 AS s(id, seen, expires)
+             SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::timestamptz[],
+                                  $4::timestamptz[])
+                 AS s(id, seen, expires, stale)
          ), judged AS (
-             SELECT s.id, s.seen, s.expires, prev.expires_at AS prev_deadline,
+             SELECT s.id, s.seen, s.expires, s.stale, prev.expires_at AS prev_deadline,
                     prev.last_seen AS prev_last_seen, prev.expired_at AS prev_expired_at
              FROM s
              LEFT JOIN objects o ON o.id = s.id
              LEFT JOIN object_last_expiry prev ON o.id IS NULL AND prev.object_id = s.id
          ), up AS (
-             INSERT INTO objects (id, first_seen, last_seen, expires_at)
-             SELECT id, seen, seen, expires FROM judged
+             INSERT INTO objects (id, first_seen, last_seen, expires_at, stale_at)
+             SELECT id, seen, seen, expires, stale FROM judged
              WHERE prev_deadline IS NULL OR seen > prev_deadline
              ORDER BY id
              ON CONFLICT (id) DO UPDATE
                  SET last_seen = GREATEST(objects.last_seen, EXCLUDED.last_seen),
                      expires_at = CASE WHEN EXCLUDED.last_seen >= objects.last_seen
-                                       THEN EXCLUDED.expires_at ELSE objects.expires_at END
-             RETURNING id, last_seen, expires_at, (xmax = 0) AS inserted
+                                       THEN EXCLUDED.expires_at ELSE objects.expires_at END,
+                     stale_at = CASE WHEN EXCLUDED.last_seen >= objects.last_seen
+                                     THEN EXCLUDED.stale_at ELSE objects.stale_at END,
+                     stale_since = CASE WHEN EXCLUDED.last_seen > objects.last_seen
+                                        THEN NULL ELSE objects.stale_since END,
+                     recovered_last_seen = CASE WHEN objects.stale_since IS NOT NULL
+                                                 AND EXCLUDED.last_seen > objects.last_seen
+                                                THEN objects.last_seen END
+             RETURNING id, last_seen, expires_at, stale_at, (xmax = 0) AS inserted,
+                       recovered_last_seen
          )
-         SELECT up.id, up.last_seen, up.expires_at, up.inserted,
-                judged.prev_last_seen, judged.prev_expired_at
+         SELECT up.id, up.last_seen, up.expires_at, up.stale_at, up.inserted,
+                up.recovered_last_seen, judged.prev_last_seen, judged.prev_expired_at
          FROM up JOIN judged ON judged.id = up.id",
     )
     .bind(&ids)
     .bind(&seen)
     .bind(&expires)
+    .bind(&stale)
     .fetch_all(conn)
     .await?;
     let in_the_past = rows.len() - written.len();
+    let recovered = written
+        .iter()
+        .filter_map(|row| {
+            let previous_last_seen = row.recovered_last_seen?;
+            ObjectId::new(row.id).map(|id| Recovered {
+                id,
+                seen_at: row.last_seen,
+                expires_at: row.expires_at,
+                stale_at: row.stale_at,
+                previous_last_seen,
+            })
+        })
+        .collect();
     let came_online = written
         .into_iter()
         .filter(|row| row.inserted)
@@ -130,6 +187,7 @@ pub async fn upsert_sightings(
                 id,
                 seen_at: row.last_seen,
                 expires_at: row.expires_at,
+                stale_at: row.stale_at,
                 previous: row.prev_last_seen.zip(row.prev_expired_at).map(
                     |(last_seen, expired_at)| PreviousExpiry {
                         last_seen,
@@ -141,6 +199,7 @@ pub async fn upsert_sightings(
         .collect();
     Ok(Upserted {
         came_online,
+        recovered,
         in_the_past,
     })
 }
@@ -150,9 +209,20 @@ struct UpsertedRow {
     id: i64,
     last_seen: DateTime<Utc>,
     expires_at: DateTime<Utc>,
+    stale_at: Option<DateTime<Utc>>,
     inserted: bool,
+    recovered_last_seen: Option<DateTime<Utc>>,
     prev_last_seen: Option<DateTime<Utc>>,
     prev_expired_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StaleRow {
+    id: i64,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    stale_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -188,7 +258,8 @@ impl Due {
 }
 
 /// Deletes up to `limit` objects that are due (deadline before `due.before`, and not held
-/// by a hold from a callback accepted at or before the deadline), earliest first, keeps
+/// by a hold from a callback accepted at or before the deadline, and marked stale first
+/// when they have a stale deadline: see [`mark_stale`]), earliest first, keeps
 /// each one's stretch in `object_expiries` (and as the object's latest in
 /// `object_last_expiry`), and returns them. Rows locked by a
 /// concurrent writer or sweeper are skipped, and the deadline is checked again on the
@@ -202,6 +273,9 @@ pub async fn expire_due(
         "WITH due AS (
              SELECT id FROM objects o
              WHERE expires_at < $2
+               -- An object with a stale deadline goes stale (and says so) before it
+               -- expires; whatever is due to expire is due to go stale too.
+               AND (stale_at IS NULL OR stale_since IS NOT NULL)
                -- The first test runs once: with no hold in force (the common case) no
                -- object is looked up in `expiry_holds`.
                AND (NOT EXISTS (SELECT 1 FROM expiry_holds WHERE accepted_at >= $3)
@@ -248,15 +322,72 @@ pub async fn expire_due(
         .collect())
 }
 
-/// The earliest deadline at or after `from` (the watermark), if any: when the next
-/// expiry is due. Objects before it that are still there are held or locked; they are
-/// looked at again on the next sweep.
+/// Marks up to `limit` objects stale that are due (stale deadline before `due.before`, not
+/// yet stale, and not held by a hold from a callback accepted at or before that
+/// deadline), earliest first, and returns them. Like [`expire_due`]: rows locked by a
+/// writer or another sweeper are skipped, and the deadline is checked again on the locked
+/// row, so an object seen meanwhile stays online. Call inside the transaction that
+/// records their `object.stale` events.
+pub async fn mark_stale(conn: &mut PgConnection, due: Due, limit: i64) -> sqlx::Result<Vec<Stale>> {
+    let mut rows: Vec<StaleRow> = sqlx::query_as(
+        "WITH due AS (
+             SELECT id FROM objects o
+             WHERE stale_at < $2 AND stale_since IS NULL
+               AND (NOT EXISTS (SELECT 1 FROM expiry_holds WHERE accepted_at >= $3)
+                    OR NOT EXISTS (
+                        SELECT 1 FROM expiry_holds h
+                        WHERE h.object_id = o.id AND h.accepted_at <= o.stale_at
+                          AND h.accepted_at >= $3))
+             ORDER BY stale_at
+             LIMIT $4
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE objects o SET stale_since = $1
+         FROM due
+         WHERE o.id = due.id AND o.stale_at < $2 AND o.stale_since IS NULL
+         RETURNING o.id, o.first_seen, o.last_seen, o.stale_at, o.expires_at",
+    )
+    .bind(due.now)
+    .bind(due.before.min(due.now))
+    .bind(due.holds_from)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.sort_unstable_by_key(|row| (row.stale_at, row.id));
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            ObjectId::new(row.id).map(|id| Stale {
+                id,
+                first_seen: row.first_seen,
+                last_seen: row.last_seen,
+                stale_at: row.stale_at,
+                expires_at: row.expires_at,
+            })
+        })
+        .collect())
+}
+
+/// How many objects are stale now (read through their own small index).
+pub async fn stale_count(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM objects WHERE stale_since IS NOT NULL")
+        .fetch_one(pool)
+        .await
+}
+
+/// The earliest deadline, stale or expiry, at or after `from` (the watermark), if any:
+/// when the next sweep has something to do. Objects before it that are still there are
+/// held or locked; they are looked at again on the next sweep.
 pub async fn next_deadline(
     pool: &PgPool,
     from: DateTime<Utc>,
 ) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar("SELECT min(expires_at) FROM objects WHERE expires_at >= $1")
-        .bind(from)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(
+        "SELECT least((SELECT min(expires_at) FROM objects WHERE expires_at >= $1),
+                      (SELECT min(stale_at) FROM objects
+                       WHERE stale_at >= $1 AND stale_since IS NULL))",
+    )
+    .bind(from)
+    .fetch_one(pool)
+    .await
 }

@@ -13,8 +13,16 @@ use sqlx::PgPool;
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ObjectState {
     pub id: i64,
-    /// In `objects` now: seen online and its deadline not yet swept.
+    /// In `objects` now: seen online and its deadline not yet swept (stale or not).
     pub online: bool,
+    /// `online`, `stale` (silent past its stale deadline, not yet expired) or `expired`.
+    #[schema(example = "online")]
+    pub state: &'static str,
+    /// When it goes stale unless seen again (null when no stale delay applies, or not
+    /// online).
+    pub stale_at: Option<DateTime<Utc>>,
+    /// When it was marked stale (null unless stale).
+    pub stale_since: Option<DateTime<Utc>>,
     /// Start of the current stretch online (null when not online).
     pub first_seen: Option<DateTime<Utc>>,
     /// Its latest sighting, online now or before its latest expiry.
@@ -134,8 +142,10 @@ impl FromStr for EventSeq {
 /// Which objects a page lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listed {
-    /// In `objects`.
+    /// In `objects` and not stale.
     Online,
+    /// In `objects` and stale.
+    Stale,
     /// Expired and not back since.
     Expired,
 }
@@ -163,8 +173,8 @@ pub const BEFORE_ANY_SIGHTING: DateTime<Utc> =
 /// One object: `None` when it was never seen (or its history is past retention).
 pub async fn object(pool: &PgPool, id: i64) -> sqlx::Result<Option<ObjectState>> {
     let row: Option<ObjectRow> = sqlx::query_as(
-        "SELECT $1::bigint AS id, o.first_seen, o.last_seen, o.expires_at,
-                e.last_seen AS e_last_seen, e.expires_at AS e_expires_at, e.expired_at
+        "SELECT $1::bigint AS id, o.first_seen, o.last_seen, o.expires_at, o.stale_at,
+                o.stale_since, e.last_seen AS e_last_seen, e.expires_at AS e_expires_at, e.expired_at
          FROM (SELECT) one
          LEFT JOIN objects o ON o.id = $1
          LEFT JOIN object_last_expiry e ON e.object_id = $1
@@ -184,22 +194,38 @@ pub async fn objects(
     after: Option<ObjectCursor>,
     limit: i64,
 ) -> sqlx::Result<Vec<ObjectState>> {
+    // The stale filters are spelled out (not a parameter), so the stale listing reads
+    // the small partial index of stale objects.
+    macro_rules! in_objects {
+        ($filter:literal) => {
+            concat!(
+                "SELECT o.id, o.first_seen, o.last_seen, o.expires_at, o.stale_at, o.stale_since,
+                        e.last_seen AS e_last_seen, e.expires_at AS e_expires_at, e.expired_at
+                 FROM objects o LEFT JOIN object_last_expiry e ON e.object_id = o.id
+                 WHERE ",
+                $filter
+            )
+        };
+    }
     let sql = match (listed, order) {
         (Listed::Online, Order::Id) => {
-            "SELECT o.id, o.first_seen, o.last_seen, o.expires_at,
-                    e.last_seen AS e_last_seen, e.expires_at AS e_expires_at, e.expired_at
-             FROM objects o LEFT JOIN object_last_expiry e ON e.object_id = o.id
-             WHERE o.id > $2 ORDER BY o.id LIMIT $3"
+            in_objects!("o.stale_since IS NULL AND o.id > $2 ORDER BY o.id LIMIT $3")
         }
-        (Listed::Online, Order::Quietest) => {
-            "SELECT o.id, o.first_seen, o.last_seen, o.expires_at,
-                    e.last_seen AS e_last_seen, e.expires_at AS e_expires_at, e.expired_at
-             FROM objects o LEFT JOIN object_last_expiry e ON e.object_id = o.id
-             WHERE (o.last_seen, o.id) > ($1, $2) ORDER BY o.last_seen, o.id LIMIT $3"
+        (Listed::Online, Order::Quietest) => in_objects!(
+            "o.stale_since IS NULL AND (o.last_seen, o.id) > ($1, $2)
+             ORDER BY o.last_seen, o.id LIMIT $3"
+        ),
+        (Listed::Stale, Order::Id) => {
+            in_objects!("o.stale_since IS NOT NULL AND o.id > $2 ORDER BY o.id LIMIT $3")
         }
+        (Listed::Stale, Order::Quietest) => in_objects!(
+            "o.stale_since IS NOT NULL AND (o.last_seen, o.id) > ($1, $2)
+             ORDER BY o.last_seen, o.id LIMIT $3"
+        ),
         (Listed::Expired, Order::Id) => {
             "SELECT e.object_id AS id, NULL::timestamptz AS first_seen,
                     NULL::timestamptz AS last_seen, NULL::timestamptz AS expires_at,
+                    NULL::timestamptz AS stale_at, NULL::timestamptz AS stale_since,
                     e.last_seen AS e_last_seen, e.expires_at AS e_expires_at, e.expired_at
              FROM object_last_expiry e
              WHERE e.object_id > $2 AND NOT EXISTS (SELECT FROM objects o WHERE o.id = e.object_id)
@@ -208,6 +234,7 @@ pub async fn objects(
         (Listed::Expired, Order::Quietest) => {
             "SELECT e.object_id AS id, NULL::timestamptz AS first_seen,
                     NULL::timestamptz AS last_seen, NULL::timestamptz AS expires_at,
+                    NULL::timestamptz AS stale_at, NULL::timestamptz AS stale_since,
                     e.last_seen AS e_last_seen, e.expires_at AS e_expires_at, e.expired_at
              FROM object_last_expiry e
              WHERE (e.last_seen, e.object_id) > ($1, $2)
@@ -274,11 +301,16 @@ pub async fn events_end(pool: &PgPool) -> sqlx::Result<EventSeq> {
     events_back(pool, 0).await
 }
 
-/// How many objects are online now.
+/// How many objects are online now (stale ones included: not expired).
 pub async fn online_count(pool: &PgPool) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM objects")
         .fetch_one(pool)
         .await
+}
+
+/// How many objects are stale now (read through their own small index).
+pub async fn stale_count(pool: &PgPool) -> sqlx::Result<i64> {
+    super::objects::stale_count(pool).await
 }
 
 /// How many notifications the relay has not published yet.
@@ -376,6 +408,8 @@ struct ObjectRow {
     first_seen: Option<DateTime<Utc>>,
     last_seen: Option<DateTime<Utc>>,
     expires_at: Option<DateTime<Utc>>,
+    stale_at: Option<DateTime<Utc>>,
+    stale_since: Option<DateTime<Utc>>,
     e_last_seen: Option<DateTime<Utc>>,
     e_expires_at: Option<DateTime<Utc>>,
     expired_at: Option<DateTime<Utc>>,
@@ -392,9 +426,17 @@ impl ObjectRow {
             _ => None,
         };
         let online = self.last_seen.is_some();
+        let state = match (online, self.stale_since.is_some()) {
+            (false, _) => "expired",
+            (true, false) => "online",
+            (true, true) => "stale",
+        };
         ObjectState {
             id: self.id,
             online,
+            state,
+            stale_at: self.stale_at,
+            stale_since: self.stale_since,
             first_seen: self.first_seen,
             last_seen: self
                 .last_seen

@@ -124,7 +124,8 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), CallbackError> {
             description = "`invalid_callback`: JSON, but `object_ids` is missing, not an array, or \
                            holds an id that is negative, fractional, above 2^63-1 or not a number. \
                            `ttl_too_long`: `ttl_secs` is above the producer's MAX_TTL_SECS \
-                           (7 days by default). Nothing is published.",
+                           (7 days by default). `stale_not_before_expiry`: `stale_after_secs` \
+                           is not below `ttl_secs`. Nothing is published.",
             example = json!({"error": "invalid_callback", "message": "invalid callback: invalid value: integer `-1`, expected an object id: an integer from 0 to 9223372036854775807 at line 1 column 17"})),
         (status = 503, body = super::schemas::ErrorBody,
             description = "`unavailable`: RabbitMQ could not take the callback and neither could the \
@@ -159,6 +160,11 @@ pub async fn callback(
             max: state.max_ttl_secs,
         });
     }
+    if let (Some(stale), Some(ttl)) = (request.stale_after_secs, request.ttl_secs)
+        && stale >= ttl
+    {
+        return Err(CallbackError::StaleNotBeforeExpiry { stale, ttl });
+    }
     let ids = request.distinct_ids();
     let accepted_at = Utc::now();
     // Reported as unsettled until RabbitMQ confirmed it or the spool holds it.
@@ -171,6 +177,7 @@ pub async fn callback(
     for message in &mut messages {
         message.request_id.clone_from(&request_id);
         message.ttl_secs = request.ttl_secs;
+        message.stale_after_secs = request.stale_after_secs;
     }
     // The bound is per 1,000 messages, so a 10,000-id callback gets the time it needs
     // while an ordinary one is answered well within a client's 1 s timeout.

@@ -163,7 +163,7 @@ pub async fn object(
     tag = "reads",
     summary = "Objects online (or expired), by id or longest silent first, in pages",
     params(
-        ("state" = Option<String>, Query, description = "`online` (default) or `expired` (expired and not back since)"),
+        ("state" = Option<String>, Query, description = "`online` (default: not expired and not stale), `stale` (silent past the stale deadline, not yet expired) or `expired` (expired and not back since)"),
         ("order" = Option<String>, Query, description = "`id` (default) or `quietest` (longest silent first: by last sighting, then id)"),
         ("after" = Option<String>, Query, description = "The `next` of the previous page"),
         ("limit" = Option<i64>, Query, description = "Objects per page, 1 to 1000 (default 100)"),
@@ -183,11 +183,12 @@ pub async fn objects(
     let mut params = Params::parse(query.as_deref(), &["state", "order", "after", "limit"])?;
     let listed = match params.take("state").as_deref() {
         None | Some("online") => Listed::Online,
+        Some("stale") => Listed::Stale,
         Some("expired") => Listed::Expired,
         Some(other) => {
             return Err(ReadError::invalid(
                 "state",
-                format!("expected online or expired, got {other:?}"),
+                format!("expected online, stale or expired, got {other:?}"),
             ));
         }
     };
@@ -527,9 +528,12 @@ mod tests {
         let state = ObjectState {
             id: 42,
             online: true,
+            state: "online",
             first_seen: None,
             last_seen: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
             expires_at: None,
+            stale_at: None,
+            stale_since: None,
             last_expiry: None,
         };
         let text = cursor_of(Order::Quietest, &state);

@@ -61,6 +61,7 @@ fn render(figures: &Figures) -> String {
                 .map_or_else(|| "–".to_owned(), |at| at.format("%H:%M:%S").to_string()),
         )
         .replace("{{online}}", &number(figures.online))
+        .replace("{{stale}}", &number(figures.stale))
         .replace("{{online_hour}}", &number(hour(|m| m.online)))
         .replace("{{expired_hour}}", &number(hour(|m| m.expired)))
         .replace("{{hold}}", &hold)
