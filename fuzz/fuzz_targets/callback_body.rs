@@ -92,8 +92,8 @@ enum Expected {
 }
 
 /// Judges `value`, read from `body`: a callback is an object with one `object_ids` key
-/// holding only ids, each judged as written, and at most one valid `ttl_secs`. Other keys
-/// are ignored.
+/// holding only ids, each judged as written, and at most one valid `ttl_secs` and one
+/// valid `stale_after_secs`. Other keys are ignored.
 fn expected(body: &[u8], value: &Value) -> Expected {
     // `Value` keeps the last of repeated keys; the callback parser refuses repeats.
     if !value.is_object() || top_level_key_count(body, "object_ids") != 1 {
@@ -107,16 +107,19 @@ fn expected(body: &[u8], value: &Value) -> Expected {
     else {
         return Expected::Reject;
     };
-    // An optional TTL, at most once: null, or whole seconds from 1 to a year.
-    if top_level_key_count(body, "ttl_secs") > 1 {
-        return Expected::Reject;
-    }
+    // An optional TTL and stale delay, each at most once: null, or whole seconds from 1
+    // to a year (whether the stale delay is below the TTL is the handler's to judge).
     let mut unsure = false;
-    if let Some(ttl) = object.get("ttl_secs") {
-        match judge_ttl(ttl.get()) {
-            Some(true) => {}
-            Some(false) => return Expected::Reject,
-            None => unsure = true,
+    for key in ["ttl_secs", "stale_after_secs"] {
+        if top_level_key_count(body, key) > 1 {
+            return Expected::Reject;
+        }
+        if let Some(secs) = object.get(key) {
+            match judge_ttl(secs.get()) {
+                Some(true) => {}
+                Some(false) => return Expected::Reject,
+                None => unsure = true,
+            }
         }
     }
     let mut ids = Vec::with_capacity(literals.len());

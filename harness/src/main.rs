@@ -38,6 +38,10 @@ enum Command {
     /// primary killed under load, twice; verify nothing accepted was lost and expiry
     /// resumed (see `make pg-failover`).
     PgFailover(harness::failover::FailoverArgs),
+    /// One caller process of the bench's ceiling: status calls alone, printed as JSON
+    /// (run by `bench`).
+    #[command(hide = true)]
+    StatusCalls(harness::bench::CallerArgs),
 }
 
 #[tokio::main]
@@ -52,6 +56,7 @@ async fn main() -> ExitCode {
         Command::ClusterUp(args) => harness::cluster::up(args, shutdown).await,
         Command::PgFailover(args) => harness::failover::run(args, shutdown).await,
         Command::ExpiryBench(args) => harness::expiry_bench::run(args).await,
+        Command::StatusCalls(args) => harness::bench::run_caller(args).await,
         Command::Load(args) => harness::load::run(args, shutdown).await.map(|report| {
             println!("{report}");
         }),

@@ -64,8 +64,9 @@ pub fn judge_id(literal: &str) -> IdVerdict {
     IdVerdict::Unsure
 }
 
-/// Judges the literal of a callback's `ttl_secs`: null, or a whole number (in any
-/// spelling, as for ids) from 1 to 31,536,000. `None`: the spelling is too long to know.
+/// Judges the literal of a callback's `ttl_secs` (or `stale_after_secs`, read the same
+/// way): null, or a whole number (in any spelling, as for ids) from 1 to 31,536,000.
+/// `None`: the spelling is too long to know.
 pub fn judge_ttl(literal: &str) -> Option<bool> {
     if literal.trim() == "null" {
         return Some(true);

@@ -4,6 +4,7 @@
 //! calls alone, measured in the same run) and the raw capacity of each part. With several
 //! rates it finds the highest rate the pipeline sustains.
 
+mod ceiling;
 mod load;
 mod observe;
 mod ports;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::process::Supervisor;
 
+pub use ceiling::{CallerArgs, run_caller};
 pub use report::RunResult;
 
 /// Settings of `harness bench`.
@@ -126,12 +128,9 @@ pub enum Profile {
     Fleet,
 }
 
-/// Warm-up of the ceiling measurement: the slowest status answer (4.3 s) and a margin.
-const CEILING_WARMUP: Duration = Duration::from_secs(5);
-
 /// Ports the benchmark's processes use, away from `make run`'s.
 const CALLBACK_PORT: u16 = 19190;
-const STATUS_PORT: u16 = 19110;
+pub(crate) const STATUS_PORT: u16 = 19110;
 const RAW_STATUS_PORT: u16 = 19100;
 const PREFIX: &str = "bench";
 
@@ -213,14 +212,13 @@ async fn measure_raw(args: &BenchArgs) -> anyhow::Result<raw::RawRates> {
     )?;
     let url = format!("http://127.0.0.1:{RAW_STATUS_PORT}");
     observe::wait_http(&format!("{url}/stats")).await?;
-    let (status, _client) =
-        raw::status_calls(&[url], 128, Duration::ZERO, Duration::from_secs(3)).await?;
+    let calls = raw::status_calls(&[url], 128, Duration::ZERO, Duration::from_secs(3)).await?;
     sim.stop_all(Duration::from_secs(5)).await;
     Ok(raw::RawRates {
         rabbitmq_publish_confirm_msgs_per_sec: publish,
         rabbitmq_consume_ack_msgs_per_sec: consume,
         postgresql_upsert_rows_per_sec: upsert,
-        status_simulator_requests_per_sec: status,
+        status_simulator_requests_per_sec: calls.per_sec,
         message_bytes,
     })
 }
@@ -238,7 +236,7 @@ async fn run_once(
     let logs = args.out.join("logs");
     let ceiling = if args.ceiling_secs > 0 {
         eprintln!("measuring the ceiling: the status calls alone...");
-        Some(measure_ceiling(args).await?)
+        Some(ceiling::measure(args).await?)
     } else {
         None
     };
@@ -389,51 +387,6 @@ async fn run_once(
     result.readers = read;
     result.set_ceiling(ceiling);
     Ok(result)
-}
-
-/// The status calls alone, at the simulators' real delays, with the concurrency the
-/// consumers have (each holds at most `MAX_CHECKS_IN_FLIGHT`, and at most its prefetch ×
-/// ids per message) and as many simulator processes: the ids/s this machine can check,
-/// whatever the rest of the pipeline does.
-async fn measure_ceiling(args: &BenchArgs) -> anyhow::Result<report::Ceiling> {
-    let per_consumer = (args.max_checks_in_flight as usize)
-        .min(usize::from(args.prefetch) * args.ids_per_message as usize);
-    let concurrency = per_consumer * args.consumers.max(1);
-    let mut sims = Supervisor::new(&args.bin, &args.out.join("logs"));
-    let mut urls = Vec::new();
-    for i in 0..args.status_procs.max(1) {
-        let port = STATUS_PORT + i as u16;
-        sims.start(
-            &format!("ceiling-status-{}", i + 1),
-            "tester",
-            &["serve"],
-            &[
-                ("STATUS_ADDR", format!("127.0.0.1:{port}")),
-                ("STATUS_DELAY_MIN_MS", args.delay_min_ms.to_string()),
-                ("STATUS_DELAY_MAX_MS", args.delay_max_ms.to_string()),
-                ("STATUS_ONLINE", "all".into()),
-                ("STATUS_DELAY_BY_ID", "true".into()),
-                ("RUST_LOG", "warn".into()),
-            ],
-        )?;
-        let url = format!("http://127.0.0.1:{port}");
-        observe::wait_http(&format!("{url}/stats")).await?;
-        urls.push(url);
-    }
-    let (calls_per_sec, client) = raw::status_calls(
-        &urls,
-        concurrency,
-        CEILING_WARMUP,
-        Duration::from_secs(args.ceiling_secs),
-    )
-    .await?;
-    sims.stop_all(Duration::from_secs(5)).await;
-    drop(client);
-    Ok(report::Ceiling {
-        ids_per_sec: calls_per_sec,
-        concurrency,
-        secs: args.ceiling_secs,
-    })
 }
 
 /// The fleet, known before the load: every object online, each last seen one period

@@ -147,32 +147,37 @@ pub async fn postgresql(
 /// callers (caller i asks `urls[i % n]`, as consumer i does), counted from `warmup` for
 /// `duration`. Each caller keeps one call in flight on its own connection, so this is
 /// how many status calls of the simulators' delays the machine holds at that
-/// concurrency. The client comes back with its connections open: drop it only after the
-/// simulators stopped, so their side closes and keeps the TIME_WAIT sockets, not the
-/// ephemeral ports the pipeline needs next.
+/// concurrency; failed calls are counted apart.
 pub async fn status_calls(
     urls: &[String],
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
-) -> anyhow::Result<(f64, reqwest::Client)> {
+) -> anyhow::Result<StatusCalls> {
     anyhow::ensure!(!urls.is_empty(), "no status simulator to call");
     let client = lastseen::tls::http_client().build()?;
     let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let end = warmup + duration;
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let url = urls[worker % urls.len()].clone();
-        let (client, done) = (client.clone(), done.clone());
+        let (client, done, failed) = (client.clone(), done.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
             let mut id = worker as u64;
             while started.elapsed() < end {
-                if let Ok(r) = client.get(format!("{url}/objects/{id}")).send().await
-                    && r.bytes().await.is_ok()
-                    && (warmup..end).contains(&started.elapsed())
-                {
-                    done.fetch_add(1, Ordering::Relaxed);
+                let answered = match client.get(format!("{url}/objects/{id}")).send().await {
+                    Ok(r) => r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if (warmup..end).contains(&started.elapsed()) {
+                    let counter = if answered { &done } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                if !answered {
+                    // A refused connection must not spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 id += concurrency as u64;
             }
@@ -184,5 +189,16 @@ pub async fn status_calls(
     let counted = (started.elapsed().min(end) - warmup)
         .as_secs_f64()
         .max(1e-3);
-    Ok((done.load(Ordering::Relaxed) as f64 / counted, client))
+    Ok(StatusCalls {
+        per_sec: done.load(Ordering::Relaxed) as f64 / counted,
+        failed: failed.load(Ordering::Relaxed),
+    })
+}
+
+/// What [`status_calls`] measured.
+pub struct StatusCalls {
+    /// Calls answered per second.
+    pub per_sec: f64,
+    /// Calls that failed (no connection, no answer) in the counted window.
+    pub failed: u64,
 }
