@@ -28,19 +28,6 @@ except ImportError:  # run as a program, outside schemathesis
 if schemathesis is not None:
 
     @schemathesis.hook
-    def filter_body(context, body):
-        """Leaves out callbacks whose `stale_after_secs` is not below their `ttl_secs`: the
-        producer refuses them (422 `stale_not_before_expiry`, documented), a rule between two
-        fields that JSON Schema cannot state, so to schemathesis they look valid."""
-        if not isinstance(body, dict):
-            return True
-        stale, ttl = body.get("stale_after_secs"), body.get("ttl_secs")
-        numbers = all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (stale, ttl)
-        )
-        return not (numbers and stale >= ttl)
-
-    @schemathesis.hook
     def after_call(context, case, response):
         """One line per callback answer: status and, for a 2xx, the ids it accepted."""
         if case.method.upper() != "POST" or case.path != "/callback":

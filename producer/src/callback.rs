@@ -32,10 +32,10 @@ pub struct CallbackRequest {
     #[schema(minimum = 1, maximum = 31_536_000, nullable)]
     pub ttl_secs: Option<u32>,
     /// Seconds after a sighting these objects go stale (an `object.stale` warning) unless
-    /// seen again, 1 to 31,536,000. Below `ttl_secs` when both are given (else 422
-    /// `stale_not_before_expiry`); at or above the consumers' `OBJECT_TTL_SECS` when
-    /// `ttl_secs` is absent, it never applies (the objects expire first). Absent or null:
-    /// the consumers' `OBJECT_STALE_AFTER_SECS` (unset by default: no stale state).
+    /// seen again, 1 to 31,536,000. At or above the objects' TTL (`ttl_secs`, or the
+    /// consumers' `OBJECT_TTL_SECS`) it never applies: they expire first, with no stale
+    /// state. Absent or null: the consumers' `OBJECT_STALE_AFTER_SECS` (unset by default:
+    /// no stale state).
     #[serde(default, deserialize_with = "stale_after_in_range")]
     #[schema(minimum = 1, maximum = 31_536_000, nullable)]
     pub stale_after_secs: Option<u32>,

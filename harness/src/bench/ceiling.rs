@@ -61,8 +61,8 @@ pub async fn run_caller(args: CallerArgs) -> anyhow::Result<()> {
 /// Starts the simulators (as many as the pipeline's, with its delays), runs one caller
 /// process per consumer (each with the consumer's most checks in flight: the smaller of
 /// `MAX_CHECKS_IN_FLIGHT` and prefetch × ids per message), and sums what they answered.
-/// A failed call makes the measurement fail: a ceiling counted from refused calls would
-/// say nothing.
+/// More than 1% of calls failing makes the measurement fail: a ceiling counted from
+/// refused calls would say nothing.
 pub async fn measure(args: &BenchArgs) -> anyhow::Result<Ceiling> {
     let per_consumer = (args.max_checks_in_flight as usize)
         .min(usize::from(args.prefetch) * args.ids_per_message as usize);
@@ -114,13 +114,17 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Ceiling> {
     sims.stop_all(Duration::from_secs(5)).await;
     let figures = figures?;
     let failed: u64 = figures.iter().map(|f| f.failed).sum();
+    let ids_per_sec: f64 = figures.iter().map(|f| f.calls_per_sec).sum();
+    let answered = ids_per_sec * args.ceiling_secs as f64;
     anyhow::ensure!(
-        failed == 0,
-        "the ceiling's status calls failed {failed} times (open-file limit, ports?): no ceiling"
+        failed as f64 <= 0.01 * answered,
+        "the ceiling's status calls failed {failed} times against {answered:.0} answered \
+         (open-file limit, ports?): no ceiling"
     );
     Ok(Ceiling {
-        ids_per_sec: figures.iter().map(|f| f.calls_per_sec).sum(),
+        ids_per_sec,
         concurrency: per_consumer * callers,
         secs: args.ceiling_secs,
+        failed_calls: failed,
     })
 }

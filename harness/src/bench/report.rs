@@ -23,6 +23,8 @@ pub struct Ceiling {
     /// Calls kept in flight (consumers × each one's most checks in flight).
     pub concurrency: usize,
     pub secs: u64,
+    /// Calls that failed while counted (at most 1% of those answered).
+    pub failed_calls: u64,
 }
 
 /// Everything one run measured.

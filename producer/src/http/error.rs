@@ -36,10 +36,6 @@ pub enum CallbackError {
     #[error("ttl_secs {ttl} is above this producer's limit of {max} (MAX_TTL_SECS)")]
     TtlTooLong { ttl: u32, max: u32 },
     #[error(
-        "stale_after_secs {stale} is not below ttl_secs {ttl}: an object must go stale before it expires"
-    )]
-    StaleNotBeforeExpiry { stale: u32, ttl: u32 },
-    #[error(
         "the producer is taking as many callbacks as MAX_BODY_BYTES_IN_FLIGHT or MAX_CONNECTIONS allow; retry it shortly"
     )]
     Overloaded,
@@ -66,9 +62,6 @@ impl CallbackError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_callback")
             }
             Self::TtlTooLong { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "ttl_too_long"),
-            Self::StaleNotBeforeExpiry { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "stale_not_before_expiry")
-            }
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         }

@@ -124,8 +124,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), CallbackError> {
             description = "`invalid_callback`: JSON, but `object_ids` is missing, not an array, or \
                            holds an id that is negative, fractional, above 2^63-1 or not a number. \
                            `ttl_too_long`: `ttl_secs` is above the producer's MAX_TTL_SECS \
-                           (7 days by default). `stale_not_before_expiry`: `stale_after_secs` \
-                           is not below `ttl_secs`. Nothing is published.",
+                           (7 days by default). Nothing is published.",
             example = json!({"error": "invalid_callback", "message": "invalid callback: invalid value: integer `-1`, expected an object id: an integer from 0 to 9223372036854775807 at line 1 column 17"})),
         (status = 503, body = super::schemas::ErrorBody,
             description = "`unavailable`: RabbitMQ could not take the callback and neither could the \
@@ -159,11 +158,6 @@ pub async fn callback(
             ttl,
             max: state.max_ttl_secs,
         });
-    }
-    if let (Some(stale), Some(ttl)) = (request.stale_after_secs, request.ttl_secs)
-        && stale >= ttl
-    {
-        return Err(CallbackError::StaleNotBeforeExpiry { stale, ttl });
     }
     let ids = request.distinct_ids();
     let accepted_at = Utc::now();

@@ -23,8 +23,7 @@ pub struct ErrorBody {
 /// took longer than REQUEST_BODY_TIMEOUT_MS), `request_timeout` (408, no answer in 30 s),
 /// `body_too_large` (413, over MAX_BODY_BYTES), `unsupported_media_type` (415, not
 /// application/json), `invalid_callback` (422, JSON but not a callback), `ttl_too_long`
-/// (422, `ttl_secs` above MAX_TTL_SECS), `stale_not_before_expiry` (422,
-/// `stale_after_secs` not below `ttl_secs`), `unavailable` (503, not accepted now; retry after
+/// (422, `ttl_secs` above MAX_TTL_SECS), `unavailable` (503, not accepted now; retry after
 /// Retry-After), `overloaded` (503, MAX_BODY_BYTES_IN_FLIGHT, MAX_CONNECTIONS or
 /// READ_MAX_STREAMS reached; retry after Retry-After). The read API's: `invalid_parameter`
 /// (400, a path or query parameter it cannot take, named in the message), `unknown_object`
@@ -43,7 +42,6 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     InvalidCallback,
     TtlTooLong,
-    StaleNotBeforeExpiry,
     Unavailable,
     Overloaded,
     InvalidParameter,
