@@ -39,10 +39,25 @@ start status "$BIN/tester" serve
 start producer "$BIN/producer"
 start consumer "$BIN/consumer"
 consumer=${pids[2]}
-for _ in $(seq 1 100); do
-  curl -sf "http://$CALLBACK_ADDR/readyz" >/dev/null && grep -q '"consuming"' "$OUT/consumer.log" && break
+# Up to READY_SECS for the producer to answer ready and the consumer to consume (a busy
+# machine, or RabbitMQ still deleting a previous run's queues, can take a while); past
+# that, or when one of them exits, fail with their logs rather than post into nothing.
+READY_SECS=${RETRY_CHECK_READY_SECS:-120}
+ready=no
+for _ in $(seq 1 $((READY_SECS * 5))); do
+  if curl -sf "http://$CALLBACK_ADDR/readyz" >/dev/null && grep -q '"consuming"' "$OUT/consumer.log"; then
+    ready=yes; break
+  fi
+  for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || break 2; done
   sleep 0.2
 done
+if [ "$ready" != yes ]; then
+  echo "retry-check FAILED: the producer and the consumer were not both ready within ${READY_SECS} s (or one exited)"
+  for name in status producer consumer; do
+    echo "--- last lines of $OUT/$name.log"; tail -n 15 "$OUT/$name.log"
+  done
+  exit 1
+fi
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 cpu_before=$(ticks "$consumer")
