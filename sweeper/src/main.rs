@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use sweeper::{Application, Config};
 
+/// jemalloc: cheaper than glibc malloc for many small, short-lived allocations across
+/// threads (see docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config: Config = lastseen::config::load();
