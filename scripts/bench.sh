@@ -21,23 +21,23 @@ if [ "${BENCH_TUNE_PORTS:-1}" = "1" ] && [ "$(id -u)" -eq 0 ]; then
     echo "[bench] widening net.ipv4.ip_local_port_range from '$lo $hi' to '10000 65000' and reserving 19100-19199 for the bench's listeners while it runs"
     # A connection closed from the bench's side stays in TIME_WAIT for 60 s on its source
     # port; one outside the usual range would keep a later listener on that port (any
-    # scenario's fixed port in 10000-32767) from binding. So the range goes back only
-    # once those ports are free again, and the machine is left as found.
-    widened_in_use() { scripts/held-ports.sh "$lo" "$hi"; }
-    # Each put back on its own (one failing must not keep the other), the range first;
-    # written to /proc directly, as some sysctl versions refuse an empty value.
+    # scenario's fixed port in 10000-32767) from binding. So the range goes back first
+    # (no new connection takes such a port after that), then this waits until those
+    # ports are free again before the reservation goes, and the machine is left as found.
+    # Each setting is put back on its own (one failing must not keep the other); written
+    # to /proc directly, as some sysctl versions refuse an empty value.
     restore() {
+      echo "$lo $hi" >/proc/sys/net/ipv4/ip_local_port_range
       local waited=0 left
-      left=$(widened_in_use)
+      left=$(scripts/held-ports.sh "$lo" "$hi" || echo 0)
       if [ "$left" -gt 0 ]; then
         echo "[bench] waiting for $left source ports outside '$lo $hi' to be free (TIME_WAIT, up to 90 s)"
         while [ "$left" -gt 0 ] && [ "$waited" -lt 90 ]; do
-          sleep 2; waited=$((waited + 2)); left=$(widened_in_use)
+          sleep 2; waited=$((waited + 2)); left=$(scripts/held-ports.sh "$lo" "$hi" || echo 0)
         done
         echo "[bench] after ${waited} s: $left source ports outside '$lo $hi' still in use"
-        [ "$left" -eq 0 ] || scripts/held-ports.sh -v "$lo" "$hi" >/dev/null
+        [ "$left" -eq 0 ] || scripts/held-ports.sh -v "$lo" "$hi" >/dev/null || true
       fi
-      echo "$lo $hi" >/proc/sys/net/ipv4/ip_local_port_range
       echo "$reserved" >/proc/sys/net/ipv4/ip_local_reserved_ports
       echo "[bench] net.ipv4.ip_local_port_range back to '$(cat /proc/sys/net/ipv4/ip_local_port_range)', ip_local_reserved_ports back to '$(cat /proc/sys/net/ipv4/ip_local_reserved_ports)'"
     }
