@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::report::Ceiling;
-use super::{BenchArgs, STATUS_PORT, observe, raw};
+use super::{BenchArgs, STATUS_PORT, observe, raw, simulator_env};
 use crate::process::Supervisor;
 
 /// Warm-up of the measurement: the slowest status answer (4.3 s) and a margin.
@@ -75,14 +75,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Ceiling> {
             &format!("ceiling-status-{}", i + 1),
             "tester",
             &["serve"],
-            &[
-                ("STATUS_ADDR", format!("127.0.0.1:{port}")),
-                ("STATUS_DELAY_MIN_MS", args.delay_min_ms.to_string()),
-                ("STATUS_DELAY_MAX_MS", args.delay_max_ms.to_string()),
-                ("STATUS_ONLINE", "all".into()),
-                ("STATUS_DELAY_BY_ID", "true".into()),
-                ("RUST_LOG", "warn".into()),
-            ],
+            &[simulator_env(args, i), vec![("RUST_LOG", "warn".into())]].concat(),
         )?;
         let url = format!("http://127.0.0.1:{port}");
         observe::wait_http(&format!("{url}/stats")).await?;

@@ -131,6 +131,21 @@ pub enum Profile {
 /// Ports the benchmark's processes use, away from `make run`'s.
 const CALLBACK_PORT: u16 = 19190;
 pub(crate) const STATUS_PORT: u16 = 19110;
+
+/// How the bench runs status simulator `i` (from 0), for the pipeline and for its
+/// ceiling alike: its port, the run's delays derived from the id, every id online.
+pub(crate) fn simulator_env(args: &BenchArgs, i: usize) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "STATUS_ADDR",
+            format!("127.0.0.1:{}", STATUS_PORT + i as u16),
+        ),
+        ("STATUS_DELAY_MIN_MS", args.delay_min_ms.to_string()),
+        ("STATUS_DELAY_MAX_MS", args.delay_max_ms.to_string()),
+        ("STATUS_ONLINE", "all".into()),
+        ("STATUS_DELAY_BY_ID", "true".into()),
+    ]
+}
 const RAW_STATUS_PORT: u16 = 19100;
 const PREFIX: &str = "bench";
 
@@ -278,16 +293,7 @@ async fn run_once(
             &format!("status-{}", i + 1),
             "tester",
             &["serve"],
-            &with(&[
-                (
-                    "STATUS_ADDR",
-                    format!("127.0.0.1:{}", STATUS_PORT + i as u16),
-                ),
-                ("STATUS_DELAY_MIN_MS", args.delay_min_ms.to_string()),
-                ("STATUS_DELAY_MAX_MS", args.delay_max_ms.to_string()),
-                ("STATUS_ONLINE", "all".into()),
-                ("STATUS_DELAY_BY_ID", "true".into()),
-            ]),
+            &with(&simulator_env(args, i)),
         )?;
     }
     pipeline.start(
