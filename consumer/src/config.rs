@@ -13,7 +13,7 @@ use lastseen::topology::TopologyArgs;
 pub struct Config {
     /// Base URL of the status service; ids are checked at `{STATUS_URL}/objects/{id}`.
     #[arg(long, env = "STATUS_URL", hide_env_values = true, default_value = "http://127.0.0.1:9010", value_parser = parse_status_url)]
-    pub status_url: reqwest::Url,
+    pub status_url: url::Url,
 
     /// How long one status call may take before it counts as failed (milliseconds).
     #[arg(long, env = "STATUS_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_millis)]
@@ -40,6 +40,12 @@ pub struct Config {
     /// 50: fuller batches cost PostgreSQL less per row; a sighting waits at most that long.
     #[arg(long, env = "BATCH_FLUSH_MS", default_value = "50", value_parser = parse_flush_millis)]
     pub batch_flush_ms: Duration,
+
+    /// Batches written at once, each on its own PostgreSQL connection: while one commits,
+    /// the next is gathered and written, so a sighting does not wait for another batch's
+    /// commit. Keep below `DATABASE_MAX_CONNECTIONS`.
+    #[arg(long, env = "BATCH_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub batch_writers: u32,
 
     /// Checks of one message (failed status calls) before it goes to the dead-letter queue.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -98,9 +104,9 @@ fn parse_flush_millis(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_status_url(s: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(s).map_err(|e| e.to_string())?;
-    if !matches!(url.scheme(), "http" | "https") {
+fn parse_status_url(s: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(s).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
         return Err("must be an http:// or https:// URL".into());
     }
     Ok(url)

@@ -79,6 +79,7 @@ impl Application {
         let abandon = CancellationToken::new();
         let (writer, writer_task) = LastSeenWriter::spawn(
             pool.clone(),
+            config.batch_writers as usize,
             config.batch_max_rows as usize,
             config.batch_flush_ms,
             abandon.clone(),

@@ -1,7 +1,12 @@
 //! The batch writer: gathers sightings from many messages into one upsert, retries it
 //! until PostgreSQL takes it, and tells each message when its rows are committed.
+//!
+//! Several writer tasks share one queue: one gathers a batch while the others commit
+//! theirs, so a batch never waits for the previous one's commit. Their upserts lock rows
+//! in id order, as two consumers' do, and are order-free (`last_seen` never moves back).
 
 use lastseen::contract::metric;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::Retryable;
@@ -10,7 +15,7 @@ use lastseen::store::notifications;
 use lastseen::store::objects::{self, Sighting};
 use lastseen::topology::ONLINE_ROUTING_KEY;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,17 +42,35 @@ pub struct LastSeenWriter {
 }
 
 impl LastSeenWriter {
-    /// Starts the writer task. It ends when every handle is dropped and the last batch is
-    /// written, or when `abandon` fires (pending rows are then left for redelivery).
+    /// Starts `writers` writer tasks (at least one). They end when every handle is
+    /// dropped and the last batches are written, or when `abandon` fires (pending rows
+    /// are then left for redelivery); the returned task ends when they all have.
     pub fn spawn(
         pool: PgPool,
+        writers: usize,
         max_rows: usize,
         flush_after: Duration,
         abandon: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
         let (requests, rx) = mpsc::channel(QUEUED_REQUESTS);
-        let task = tokio::spawn(run(pool, rx, max_rows.max(1), flush_after, abandon));
-        (Self { requests }, task)
+        let queue = Arc::new(Mutex::new(rx));
+        let tasks: Vec<JoinHandle<()>> = (0..writers.max(1))
+            .map(|_| {
+                tokio::spawn(run(
+                    pool.clone(),
+                    queue.clone(),
+                    max_rows.max(1),
+                    flush_after,
+                    abandon.clone(),
+                ))
+            })
+            .collect();
+        let all = tokio::spawn(async move {
+            for task in tasks {
+                let _ = task.await;
+            }
+        });
+        (Self { requests }, all)
     }
 
     /// Records sightings and returns once they are committed.
@@ -64,29 +87,41 @@ impl LastSeenWriter {
     }
 }
 
+/// Takes the next batch off the shared queue: the first request, then whatever comes
+/// within `flush_after` up to `max_rows`. None once every handle is gone.
+async fn gather(
+    queue: &Mutex<mpsc::Receiver<Request>>,
+    max_rows: usize,
+    flush_after: Duration,
+) -> Option<Vec<Request>> {
+    let mut rx = queue.lock().await;
+    let first = rx.recv().await?;
+    let deadline = Instant::now() + flush_after;
+    let mut rows = first.sightings.len();
+    let mut batch = vec![first];
+    while rows < max_rows {
+        tokio::select! {
+            next = rx.recv() => match next {
+                Some(request) => {
+                    rows += request.sightings.len();
+                    batch.push(request);
+                }
+                None => break,
+            },
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    Some(batch)
+}
+
 async fn run(
     pool: PgPool,
-    mut rx: mpsc::Receiver<Request>,
+    queue: Arc<Mutex<mpsc::Receiver<Request>>>,
     max_rows: usize,
     flush_after: Duration,
     abandon: CancellationToken,
 ) {
-    while let Some(first) = rx.recv().await {
-        let deadline = Instant::now() + flush_after;
-        let mut rows = first.sightings.len();
-        let mut batch = vec![first];
-        while rows < max_rows {
-            tokio::select! {
-                next = rx.recv() => match next {
-                    Some(request) => {
-                        rows += request.sightings.len();
-                        batch.push(request);
-                    }
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-        }
+    while let Some(batch) = gather(&queue, max_rows, flush_after).await {
         let sightings: Vec<Sighting> = batch
             .iter()
             .flat_map(|r| r.sightings.iter().copied())

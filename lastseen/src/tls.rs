@@ -1,9 +1,10 @@
 //! TLS to the dependencies, one way for all: rustls with the ring provider, the system's
 //! roots, plus the CA certificates of `TLS_CA_FILE`, and a client certificate
 //! (`TLS_CLIENT_CERT`, `TLS_CLIENT_KEY`) for the peers that ask for one. The status
-//! service and the webhook (reqwest), RabbitMQ (`amqps://`, lapin) and PostgreSQL
-//! (`sslmode`, sqlx) take them from here. A file that is missing or holds no PEM
-//! certificate (or key) is refused when the settings are read, naming the setting.
+//! service (hyper) and the webhook (reqwest) through [`TlsArgs::client_config`],
+//! RabbitMQ (`amqps://`, lapin) and PostgreSQL (`sslmode`, sqlx) take them from here. A
+//! file that is missing or holds no PEM certificate (or key) is refused when the settings
+//! are read, naming the setting.
 
 use std::path::Path;
 use std::sync::Once;
@@ -14,6 +15,8 @@ use crate::config::Misconfigured;
 use crate::pem::{
     PemFile, certificates, check_pair, parse_ca_file, parse_cert_file, parse_key_file,
 };
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
 
 /// The TLS settings every process shares.
 #[derive(Debug, Clone, Default, Args)]
@@ -66,34 +69,54 @@ impl TlsArgs {
         check_pair(&cert.pem, &key.pem).map_err(|reason| misconfigured("TLS_CLIENT_KEY", reason))
     }
 
-    /// A builder of HTTP clients that trust the system's roots and `TLS_CA_FILE`, and
-    /// show the client certificate when one is set: the one way this code base makes an
-    /// HTTP client. A certificate and key that do not belong together are refused here.
-    pub fn http_client(&self) -> Result<reqwest::ClientBuilder, Misconfigured> {
+    /// The rustls client settings of every HTTPS client: the system's roots (through
+    /// rustls-platform-verifier, as reqwest does by default) and `TLS_CA_FILE` besides,
+    /// and the client certificate when one is set (ALPN is the client's to set).
+    /// Certificates that cannot be used, or a certificate and key that do not belong
+    /// together, are refused here, naming the setting.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, Misconfigured> {
         install_provider();
-        let mut builder = reqwest::Client::builder();
-        if let Some(ca) = &self.tls_ca_file {
-            for cert in
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let extra = match &self.tls_ca_file {
+            Some(ca) => {
                 certificates(&ca.pem).map_err(|reason| misconfigured("TLS_CA_FILE", reason))?
-            {
-                let cert = reqwest::Certificate::from_der(&cert)
-                    .map_err(|e| misconfigured("TLS_CA_FILE", e.to_string()))?;
-                builder = builder.add_root_certificate(cert);
             }
+            None => Vec::new(),
+        };
+        let verifier = if extra.is_empty() {
+            rustls_platform_verifier::Verifier::new(provider.clone())
+        } else {
+            rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
         }
-        if let (Some(cert), Some(key)) = (&self.tls_client_cert, &self.tls_client_key) {
-            let identity =
-                reqwest::Identity::from_pem(format!("{}\n{}", cert.pem, key.pem).as_bytes())
-                    .map_err(|_| {
-                        misconfigured(
-                            "TLS_CLIENT_CERT",
-                            "the certificate and TLS_CLIENT_KEY do not make a client identity"
-                                .into(),
-                        )
-                    })?;
-            builder = builder.identity(identity);
-        }
-        Ok(builder)
+        .map_err(|e| misconfigured("TLS_CA_FILE", e.to_string()))?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| misconfigured("TLS_CA_FILE", e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(verifier));
+        Ok(match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(cert), Some(key)) => {
+                let chain = certificates(&cert.pem)
+                    .map_err(|reason| misconfigured("TLS_CLIENT_CERT", reason))?;
+                let key = PrivateKeyDer::from_pem_slice(key.pem.as_bytes()).map_err(|_| {
+                    misconfigured("TLS_CLIENT_KEY", "holds no PEM private key".into())
+                })?;
+                builder.with_client_auth_cert(chain, key).map_err(|_| {
+                    misconfigured(
+                        "TLS_CLIENT_CERT",
+                        "the certificate and TLS_CLIENT_KEY do not make a client identity".into(),
+                    )
+                })?
+            }
+            _ => builder.with_no_client_auth(),
+        })
+    }
+
+    /// A builder of HTTP clients with [`TlsArgs::client_config`]: the one way this code
+    /// base makes a reqwest client (the consumer's status client, which holds thousands
+    /// of connections, is hyper's with the same settings).
+    pub fn http_client(&self) -> Result<reqwest::ClientBuilder, Misconfigured> {
+        Ok(reqwest::Client::builder().tls_backend_preconfigured(self.client_config()?))
     }
 
     /// The TLS settings for an `amqps://` connection (unused by `amqp://`).

@@ -194,6 +194,7 @@ mod consumer {
                 "DATABASE_URL",
                 "STATUS_URL",
                 "MAX_ATTEMPTS",
+                "BATCH_WRITERS",
                 "TLS_CA_FILE",
                 "TLS_CLIENT_CERT",
                 "TLS_CLIENT_KEY",

@@ -199,3 +199,47 @@ async fn consumer_shutdown_lets_in_flight_checks_commit_and_ack() -> anyhow::Res
     );
     env.teardown().await
 }
+
+/// Several batch writers in one consumer commit at once, on the same rows: sightings of
+/// the same 200 ids in 20 callbacks, written in batches of a millisecond's gathering by
+/// four writers, store each id once with one `object.online` each, and settle every
+/// message (no lock cycle between the writers, nothing dead-lettered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_batch_writers_store_the_same_ids_at_once_with_one_event_each() -> anyhow::Result<()>
+{
+    let mut env = TestEnv::start(Status::quick_all_online()).await?;
+    let url = env.start_producer(&[]).await?;
+    let consumer = env.start_consumer(&["--batch-writers=4", "--batch-flush-ms=1"])?;
+    let checks = env.topology().checks_queue;
+    env.wait_for_consumers(&checks, 1).await?;
+    let ids: Vec<i64> = (0..200).collect();
+    futures::future::try_join_all((0..20).map(|_| post_ids(&url, &ids))).await?;
+    let pool = env.pool.clone();
+    let online = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notifications WHERE routing_key = 'object.online'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        anyhow::Ok(n)
+    };
+    let stored = env
+        .eventually(Duration::from_secs(20), || async {
+            Ok(env.object_ids().await? == ids
+                && online().await? == 200
+                && env.ready(&checks).await? == 0)
+        })
+        .await?;
+    assert!(
+        stored,
+        "{} of 200 ids stored, {} object.online",
+        env.object_ids().await?.len(),
+        online().await?
+    );
+    // Stopped, the consumer leaves unacked messages ready again: there must be none.
+    env.stop(consumer).await?;
+    assert_eq!(env.ready(&checks).await?, 0, "messages left unsettled");
+    assert_eq!(env.ready(&env.topology().dead_letter_queue).await?, 0);
+    assert_eq!(online().await?, 200, "one object.online per id");
+    env.teardown().await
+}

@@ -6,6 +6,7 @@
 
 mod ceiling;
 mod load;
+mod maintenance;
 mod observe;
 mod ports;
 mod raw;
@@ -361,6 +362,10 @@ async fn run_once(
         delay_max_ms: args.delay_max_ms,
     };
     let load_secs = Duration::from_secs(args.secs);
+    let maintaining = tokio::spawn(maintenance::stand_in_for_autovacuum(
+        pool.clone(),
+        stop.clone(),
+    ));
     let observing = tokio::spawn(observer.run(
         counters.clone(),
         tracked_rx,
@@ -382,6 +387,8 @@ async fn run_once(
     )
     .await?;
     let observed = observing.await.context("the observer panicked")??;
+    stop.cancel();
+    let vacuum_rounds = maintaining.await.unwrap_or(0);
     let read = match readers {
         Some(readers) => Some(readers.finish().await),
         None => None,
@@ -391,6 +398,7 @@ async fn run_once(
     crate::broker_admin::delete_local_queues(&args.amqp_url, PREFIX).await;
     let mut result = report::summarize(args, rate, &counters, outcome, observed, raw);
     result.readers = read;
+    result.vacuum_rounds = vacuum_rounds;
     result.set_ceiling(ceiling);
     Ok(result)
 }

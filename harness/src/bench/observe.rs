@@ -58,6 +58,25 @@ pub struct Observer {
     pub delay_max_ms: u64,
 }
 
+/// `last_seen` of those of `ids` that are in `objects`. One index lookup per id, planned
+/// afresh each time: a plan cached while the table was small scanned all of it instead
+/// (perf in a churn run: this query's backend took ~27% of a core, in
+/// `ExecEvalScalarArrayOp`), so the bench would have slowed what it measured, and more
+/// so the more ids were pending.
+pub async fn last_seen_of(
+    pool: &PgPool,
+    ids: &[i64],
+) -> sqlx::Result<Vec<(i64, chrono::DateTime<chrono::Utc>)>> {
+    sqlx::query_as(
+        "SELECT o.id, o.last_seen FROM unnest($1::bigint[]) AS t(id)
+         JOIN objects o ON o.id = t.id",
+    )
+    .bind(ids)
+    .persistent(false)
+    .fetch_all(pool)
+    .await
+}
+
 /// Waits (up to 30 s) until `url` answers 2xx.
 pub async fn wait_http(url: &str) -> anyhow::Result<()> {
     let client = lastseen::tls::http_client().build()?;
@@ -117,12 +136,7 @@ impl Observer {
                         continue;
                     }
                     let ids: Vec<i64> = pending.iter().map(|t| t.id).collect();
-                    let rows: Vec<(i64, chrono::DateTime<chrono::Utc>)> =
-                        sqlx::query_as("SELECT id, last_seen FROM objects WHERE id = ANY($1)")
-                            .bind(&ids)
-                            .fetch_all(&self.pool)
-                            .await
-                            .unwrap_or_default();
+                    let rows = last_seen_of(&self.pool, &ids).await.unwrap_or_default();
                     let seen: HashMap<i64, chrono::DateTime<chrono::Utc>> = rows.into_iter().collect();
                     let now = chrono::Utc::now();
                     pending.retain(|t| {

@@ -155,21 +155,31 @@ pub async fn status_calls(
     duration: Duration,
 ) -> anyhow::Result<StatusCalls> {
     anyhow::ensure!(!urls.is_empty(), "no status simulator to call");
-    let client = lastseen::tls::http_client().build()?;
+    // The consumer's own client, with its settings: the calls cost what they cost there.
+    let clients = urls
+        .iter()
+        .map(|url| {
+            consumer::StatusClient::new(
+                url.parse()?,
+                Duration::from_secs(10),
+                &lastseen::tls::TlsArgs::default(),
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let end = warmup + duration;
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
-        let url = urls[worker % urls.len()].clone();
-        let (client, done, failed) = (client.clone(), done.clone(), failed.clone());
+        let client = clients[worker % clients.len()].clone();
+        let (done, failed) = (done.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
-            let mut id = worker as u64;
+            let mut id = worker as i64;
             while started.elapsed() < end {
-                let answered = match client.get(format!("{url}/objects/{id}")).send().await {
-                    Ok(r) => r.bytes().await.is_ok(),
-                    Err(_) => false,
+                let answered = match ObjectId::new(id) {
+                    Some(id) => client.is_online(id).await.is_ok(),
+                    None => false,
                 };
                 if (warmup..end).contains(&started.elapsed()) {
                     let counter = if answered { &done } else { &failed };
@@ -179,7 +189,7 @@ pub async fn status_calls(
                     // A refused connection must not spin.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                id += concurrency as u64;
+                id += concurrency as i64;
             }
         }));
     }

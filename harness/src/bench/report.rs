@@ -78,6 +78,9 @@ pub struct RunResult {
     pub sustained: bool,
     /// What the readers did, with `BENCH_READERS=1`.
     pub readers: Option<super::readers::ReadFigures>,
+    /// Rounds of `VACUUM (ANALYZE)` the bench ran in autovacuum's place (0: the server
+    /// runs autovacuum itself).
+    pub vacuum_rounds: u32,
     pub samples: Vec<Sample>,
 }
 
@@ -249,6 +252,7 @@ pub fn summarize(
             .collect(),
         sustained,
         readers: None,
+        vacuum_rounds: 0,
         samples,
     }
 }
@@ -341,6 +345,10 @@ pub fn markdown(r: &RunResult) -> String {
             "consumer memory per check in flight (KB)",
             r.consumer_kb_per_check_in_flight
                 .map_or("-".into(), |kb| format!("{kb:.1}")),
+        ),
+        (
+            "VACUUM (ANALYZE) rounds in autovacuum's place (0: the server runs it)",
+            r.vacuum_rounds.to_string(),
         ),
         ("sustained", r.sustained.to_string()),
     ];
