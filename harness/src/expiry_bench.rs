@@ -54,12 +54,25 @@ pub struct ExpiryBenchArgs {
     /// later. Unset: no stale state (the objects only expire).
     #[arg(long, env = "EXPIRY_BENCH_STALE_SECS", value_parser = clap::value_parser!(u32).range(1..=600))]
     pub stale_secs: Option<u32>,
+    /// The "together" scenario fails when an object expired later than this after its
+    /// deadline: 5 s is the acceptance bound (issue 5). CI on a shared machine raises it
+    /// (see `.ci/run`): there it catches a gross regression, not the noise of other work.
+    #[arg(long, env = "EXPIRY_BENCH_MAX_LAG_SECS", default_value_t = 5.0, value_parser = positive_secs)]
+    pub max_lag_secs: f64,
     /// Folder of the release binaries.
     #[arg(long, default_value = "target/release")]
     pub bin: PathBuf,
     /// Where the report goes.
     #[arg(long, default_value = "target/expiry-bench")]
     pub out: PathBuf,
+}
+
+/// A number of seconds above zero.
+fn positive_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => Ok(secs),
+        _ => Err(format!("{text:?} is not a number of seconds above 0")),
+    }
 }
 
 /// Percentiles of a list of seconds.
@@ -128,8 +141,11 @@ pub async fn run(args: ExpiryBenchArgs) -> anyhow::Result<()> {
             ));
         }
     }
-    if together.deadline_to_expiry_secs.max > 5.0 {
-        problems.push("together: an object expired more than 5 s after its deadline".into());
+    if together.deadline_to_expiry_secs.max > args.max_lag_secs {
+        problems.push(format!(
+            "together: an object expired more than {} s after its deadline (EXPIRY_BENCH_MAX_LAG_SECS)",
+            args.max_lag_secs
+        ));
     }
     anyhow::ensure!(
         problems.is_empty(),
@@ -270,7 +286,9 @@ async fn scenario(
             Utc::now() < wait_until,
             "{name}: {left} objects and {pending} notifications still pending"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Not more often: the lags come from the rows' own timestamps, and these counts
+        // took ~6% of PostgreSQL's CPU at 100 ms, taken from the sweep being measured.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for sweeper in SWEEPERS {
         // The killed one is gone already.

@@ -53,15 +53,16 @@ pub struct Layout<'a> {
 }
 
 impl Layout<'_> {
+    /// The producers' callback ports, one after another from `callback_port`.
+    pub fn producer_ports(&self) -> impl Iterator<Item = u16> + use<> {
+        let first = self.callback_port;
+        (0..PRODUCERS.len()).map(move |k| first + k as u16)
+    }
+
     /// The producers' callback URLs.
     pub fn callback_urls(&self) -> Vec<String> {
-        (0..PRODUCERS.len())
-            .map(|k| {
-                format!(
-                    "http://127.0.0.1:{}/callback",
-                    self.callback_port + k as u16
-                )
-            })
+        self.producer_ports()
+            .map(|port| format!("http://127.0.0.1:{port}/callback"))
             .collect()
     }
 

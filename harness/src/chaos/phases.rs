@@ -102,7 +102,8 @@ impl Setup<'_> {
             &self.broker.amqp_url(),
             &self.broker.management_url(),
             PREFIX,
-        )?);
+        )?
+        .with_spools([self.args.callback_port]));
         queues
             .wait_consumers(CONSUMERS.len() as u64, READY_LIMIT)
             .await?;

@@ -1,10 +1,12 @@
 //! The work and retry queues as the suite watches them: depths and the redelivery counter
 //! from the chaos node's management API while the run goes on, and at the end an exact
-//! count over AMQP once no consumer holds anything unacked.
+//! count over AMQP once no consumer holds anything unacked. The producers' spools count
+//! in the backlog too: a spooled callback is published later, into the work queue.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use lastseen::contract::metric;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker_admin::{BrokerAdmin, QueueInfo};
@@ -41,6 +43,9 @@ pub struct QueueWatch {
     broker: BrokerAdmin,
     prefix: String,
     redeliveries: Mutex<Tally>,
+    /// The producers' `/metrics` URLs, whose spooled callbacks are still to be published.
+    spools: Vec<String>,
+    http: reqwest::Client,
 }
 
 impl QueueWatch {
@@ -49,7 +54,22 @@ impl QueueWatch {
             broker: BrokerAdmin::new(amqp_url).with_management(management_url)?,
             prefix: prefix.to_owned(),
             redeliveries: Mutex::new(Tally::default()),
+            spools: Vec::new(),
+            http: lastseen::tls::http_client()
+                .timeout(Duration::from_secs(2))
+                .build()?,
         })
+    }
+
+    /// Counts the spools of the producers whose callback ports are `ports` in the
+    /// backlog: the queues are not drained while a producer still holds a spooled
+    /// callback it will publish.
+    pub fn with_spools(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
+        self.spools = ports
+            .into_iter()
+            .map(|port| format!("http://127.0.0.1:{port}/metrics"))
+            .collect();
+        self
     }
 
     /// The work queue's name.
@@ -67,15 +87,23 @@ impl QueueWatch {
         self.broker.queues().await
     }
 
-    /// Messages (ready + unacked) in the work and retry queues.
+    /// Messages (ready + unacked) in the work and retry queues, and callbacks in the
+    /// watched producers' spools.
     pub async fn backlog(&self) -> anyhow::Result<u64> {
-        Ok(self
+        let queued: u64 = self
             .queues()
             .await?
             .iter()
             .filter(|q| self.is_work_or_retry(&q.name))
             .map(|q| q.messages)
-            .sum())
+            .sum();
+        let mut spooled = 0;
+        for url in &self.spools {
+            let text = self.http.get(url).send().await?.error_for_status()?.text().await?;
+            spooled += spool_pending(&text)
+                .ok_or_else(|| anyhow::anyhow!("{url} has no {}", metric::SPOOL_PENDING_CALLBACKS))?;
+        }
+        Ok(queued + spooled)
     }
 
     /// Waits (up to `limit`) until `consumers` consumers are subscribed to the work queue.
@@ -180,9 +208,29 @@ impl QueueWatch {
     }
 }
 
+/// The producer's spooled callbacks, from its Prometheus text.
+fn spool_pending(metrics: &str) -> Option<u64> {
+    metrics.lines().find_map(|line| {
+        let value = line
+            .strip_prefix(metric::SPOOL_PENDING_CALLBACKS)?
+            .strip_prefix(' ')?;
+        value.trim().parse::<f64>().ok().map(|v| v as u64)
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Tally;
+    use super::{Tally, spool_pending};
+
+    #[test]
+    fn spool_pending_reads_the_gauge_and_not_its_neighbours() {
+        let text = "# TYPE lastseen_spool_pending_callbacks gauge\n\
+                    lastseen_spool_pending_callbacks_other 9\n\
+                    lastseen_spool_pending_callbacks 3\n\
+                    lastseen_spool_pending_ids 40\n";
+        assert_eq!(spool_pending(text), Some(3));
+        assert_eq!(spool_pending("lastseen_spool_pending_ids 40\n"), None);
+    }
 
     #[test]
     fn tally_survives_a_counter_reset() {

@@ -58,7 +58,8 @@ impl Setup<'_> {
             &self.nodes_from(NODES - 1),
             &watcher.management_url(),
             PREFIX,
-        )?);
+        )?
+        .with_spools(layout.producer_ports()));
         queues
             .wait_consumers(CONSUMERS.len() as u64, READY_LIMIT)
             .await?;

@@ -58,7 +58,8 @@ impl Setup<'_> {
         layout
             .start(pipeline, &|_| self.args.amqp_url.clone())
             .await?;
-        let queues = QueueWatch::new(&self.args.amqp_url, &self.args.management_url, PREFIX)?;
+        let queues = QueueWatch::new(&self.args.amqp_url, &self.args.management_url, PREFIX)?
+            .with_spools(layout.producer_ports());
         queues
             .wait_consumers(CONSUMERS.len() as u64, READY_LIMIT)
             .await?;

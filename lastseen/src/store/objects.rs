@@ -287,8 +287,10 @@ pub async fn expire_due(
              LIMIT $4
              FOR UPDATE SKIP LOCKED
          ), gone AS (
-             DELETE FROM objects o USING due
-             WHERE o.id = due.id AND o.expires_at < $2
+             -- By id through the primary key: a join with `due` was planned as a hash
+             -- of every object due, so each batch of a mass expiry read all of them.
+             DELETE FROM objects o
+             WHERE o.id = ANY (ARRAY(SELECT id FROM due)) AND o.expires_at < $2
              RETURNING o.id, o.first_seen, o.last_seen, o.expires_at
          ), kept AS (
              INSERT INTO object_expiries (object_id, first_seen, last_seen, expires_at, expired_at)
@@ -342,9 +344,10 @@ pub async fn mark_stale(conn: &mut PgConnection, due: Due, limit: i64) -> sqlx::
              LIMIT $4
              FOR UPDATE SKIP LOCKED
          )
+         -- By id through the primary key, not joined with `due` (see `expire_due`).
          UPDATE objects o SET stale_since = $1
-         FROM due
-         WHERE o.id = due.id AND o.stale_at < $2 AND o.stale_since IS NULL
+         WHERE o.id = ANY (ARRAY(SELECT id FROM due))
+           AND o.stale_at < $2 AND o.stale_since IS NULL
          RETURNING o.id, o.first_seen, o.last_seen, o.stale_at, o.expires_at",
     )
     .bind(due.now)
