@@ -98,12 +98,14 @@ impl Setup<'_> {
                 )
             })?;
         self.start_processes(pipeline, receiver.url()).await?;
-        let queues = Arc::new(QueueWatch::new(
-            &self.broker.amqp_url(),
-            &self.broker.management_url(),
-            PREFIX,
-        )?
-        .with_spools([self.args.callback_port]));
+        let queues = Arc::new(
+            QueueWatch::new(
+                &self.broker.amqp_url(),
+                &self.broker.management_url(),
+                PREFIX,
+            )?
+            .with_spools([self.args.callback_port]),
+        );
         queues
             .wait_consumers(CONSUMERS.len() as u64, READY_LIMIT)
             .await?;

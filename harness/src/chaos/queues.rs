@@ -99,9 +99,17 @@ impl QueueWatch {
             .sum();
         let mut spooled = 0;
         for url in &self.spools {
-            let text = self.http.get(url).send().await?.error_for_status()?.text().await?;
-            spooled += spool_pending(&text)
-                .ok_or_else(|| anyhow::anyhow!("{url} has no {}", metric::SPOOL_PENDING_CALLBACKS))?;
+            let text = self
+                .http
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await?;
+            spooled += spool_pending(&text).ok_or_else(|| {
+                anyhow::anyhow!("{url} has no {}", metric::SPOOL_PENDING_CALLBACKS)
+            })?;
         }
         Ok(queued + spooled)
     }

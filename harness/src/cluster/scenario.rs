@@ -54,12 +54,14 @@ impl Setup<'_> {
             .await?;
         // The last node's management API watches the queues (it is the last to restart).
         let watcher = &self.nodes[NODES - 1];
-        let queues = Arc::new(QueueWatch::new(
-            &self.nodes_from(NODES - 1),
-            &watcher.management_url(),
-            PREFIX,
-        )?
-        .with_spools(layout.producer_ports()));
+        let queues = Arc::new(
+            QueueWatch::new(
+                &self.nodes_from(NODES - 1),
+                &watcher.management_url(),
+                PREFIX,
+            )?
+            .with_spools(layout.producer_ports()),
+        );
         queues
             .wait_consumers(CONSUMERS.len() as u64, READY_LIMIT)
             .await?;
