@@ -3,7 +3,8 @@
 # document (schemathesis), against the real release producer on its own RabbitMQ names.
 # Fails on any 5xx, on an answer that does not match the document, and when the ids
 # published differ from the ids the 2xx answers accepted (a rejected request published
-# something). Removes its queues, exchanges and spool afterwards.
+# something, or an accepted id is missing), messages published twice whole aside. The
+# producer's log of the last run stays in target/api-fuzz/last-producer.log. Removes its queues, exchanges and spool afterwards.
 #
 # API_FUZZ_EXAMPLES (default 2000): test cases per operation and phase; API_FUZZ_SEED: a
 # seed to replay a run. The producer runs with API keys on (every request sends one, and
@@ -45,6 +46,7 @@ producer=$!
 cleanup() {
   kill -TERM "$producer" 2>/dev/null || true
   wait "$producer" 2>/dev/null || true
+  cp "$WORK/$run/producer.log" "$WORK/last-producer.log" 2>/dev/null || true
   "$PY" scripts/api_fuzz_support.py cleanup "$TOPOLOGY_PREFIX" "$NOTIFICATIONS_EXCHANGE" || true
   rm -rf "${WORK:?}/$run"
 }
@@ -94,10 +96,10 @@ set -e
 
 wait_ready
 eval "$("$PY" scripts/api_fuzz_support.py tally "$tally_file")"
-published_ids=$("$PY" scripts/api_fuzz_support.py published-ids "$TOPOLOGY_PREFIX")
+eval "$("$PY" scripts/api_fuzz_support.py published-ids "$TOPOLOGY_PREFIX")"
 echo "api-fuzz: POST /callback answered $requests requests: $accepted 2xx, $rejected 4xx," \
   "$server_errors 5xx, $other other; ids accepted by the 2xx answers: $accepted_ids," \
-  "ids published: $published_ids"
+  "ids published: $published_ids ($duplicate_ids of them in messages published twice)"
 status=0
 if ((schemathesis_status != 0)); then
   echo "api-fuzz: FAILED: schemathesis found failures (above)" >&2
@@ -107,8 +109,11 @@ if ((server_errors != 0)); then
   echo "api-fuzz: FAILED: $server_errors answers were 5xx" >&2
   status=1
 fi
-if ((published_ids != accepted_ids)); then
-  echo "api-fuzz: FAILED: $published_ids ids published but $accepted_ids accepted" >&2
+# A message published twice whole (a late confirm, then the spool's copy) is the
+# at-least-once the pipeline promises; any other difference is an id lost, or one
+# published for a rejected request.
+if ((published_ids - duplicate_ids != accepted_ids)); then
+  echo "api-fuzz: FAILED: $published_ids ids published ($duplicate_ids in messages published twice) but $accepted_ids accepted" >&2
   status=1
 fi
 if ((requests == 0)); then

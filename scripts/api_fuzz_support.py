@@ -5,7 +5,7 @@ As a schemathesis hooks module (SCHEMATHESIS_HOOKS): tallies every answer of
 
 As a program, against the run's own RabbitMQ names (its TOPOLOGY_PREFIX):
   published-ids PREFIX   takes every check message from PREFIX.checks, prints the ids
-                         they carry in all
+                         they carry in all and those in messages published twice
   tally FILE             prints the totals of a tally file as shell `key=value` lines
   cleanup PREFIX NOTIFICATIONS_EXCHANGE
                          deletes the queues and exchanges the run's producer declared
@@ -55,20 +55,33 @@ def tally(path):
 
 
 def published_ids(prefix):
-    """Takes every message from PREFIX.checks (acking it) and counts the ids in them."""
+    """Takes every message from PREFIX.checks (acking it) and prints, as shell
+    `key=value` lines, the ids they carry in all (`published_ids`) and those in a
+    message published again whole (`duplicate_ids`: the same ids with the same
+    `accepted_at`, as a callback spooled after a late confirm is published twice; the
+    pipeline is at-least-once and its writes idempotent)."""
     import pika
 
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     channel = connection.channel()
     ids = 0
+    duplicate_ids = 0
+    seen = set()
     while True:
         method, _properties, body = channel.basic_get(f"{prefix}.checks")
         if method is None:
             break
-        ids += len(json.loads(body)["object_ids"])
+        message = json.loads(body)
+        count = len(message["object_ids"])
+        ids += count
+        key = (message.get("accepted_at"), tuple(message["object_ids"]))
+        if key in seen:
+            duplicate_ids += count
+        seen.add(key)
         channel.basic_ack(method.delivery_tag)
     connection.close()
-    print(ids)
+    print(f"published_ids={ids}")
+    print(f"duplicate_ids={duplicate_ids}")
 
 
 def cleanup(prefix, notifications_exchange):
