@@ -4,7 +4,8 @@
 # processes at one offered load: CLUSTER_BENCH_RATE ids/s (default 3000) for
 # CLUSTER_BENCH_SECS (default 30) each, with `harness bench`. Prints ids/s stored and CPU
 # seconds per 1,000 ids stored of each process group; reports in target/cluster-bench/.
-# Each run goes through scripts/bench.sh, which widens the ephemeral port range while the
+# Each run goes through scripts/bench.sh, which (as root, as this needs anyway for its
+# namespaces) widens the ephemeral port range while the
 # bench runs and waits for its ports to be free again: with 3 consumers the ceiling holds
 # 36,000 connections, which the default range cannot give while the runs before are still
 # in TIME_WAIT (the ceiling's calls failed 4,101 times of 14,242 on 2026-12-02). Status

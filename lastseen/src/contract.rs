@@ -5,6 +5,18 @@
 
 /// Prometheus metric names, served at `/metrics` by the process that records them.
 pub mod metric {
+    /// The value of the unlabelled gauge or counter `name` in Prometheus text, as the
+    /// services render it (`name value`); `None` when it is not there.
+    pub fn read(text: &str, name: &str) -> Option<u64> {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .find_map(|line| {
+                let (key, value) = line.split_once(' ')?;
+                (key == name).then(|| value.trim().parse::<f64>().ok())?
+            })
+            .map(|v| v as u64)
+    }
+
     /// Callbacks answered, by `outcome` (published, spooled, or the error code). Producer.
     pub const CALLBACKS_TOTAL: &str = "lastseen_callbacks_total";
     /// Messages sent to a retry queue. Consumer.
@@ -121,4 +133,21 @@ pub mod header {
     pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
     /// The notification's routing key (webhook).
     pub const WEBHOOK_EVENT: &str = "x-lastseen-event";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric;
+
+    #[test]
+    fn a_metric_is_read_from_prometheus_text_and_not_its_neighbours() {
+        let text = "# HELP x y\n\
+                    # TYPE lastseen_spool_pending_callbacks gauge\n\
+                    lastseen_spool_pending_callbacks_other 9\n\
+                    lastseen_spool_pending_ids 12\n\
+                    lastseen_spool_pending_callbacks 3\n";
+        assert_eq!(metric::read(text, metric::SPOOL_PENDING_IDS), Some(12));
+        assert_eq!(metric::read(text, metric::SPOOL_PENDING_CALLBACKS), Some(3));
+        assert_eq!(metric::read(text, "missing"), None);
+    }
 }

@@ -35,8 +35,8 @@ pub async fn status(args: &SpoolArgs) -> anyhow::Result<String> {
     .await;
     match answer {
         Ok(text) => {
-            let callbacks = gauge(&text, metric::SPOOL_PENDING_CALLBACKS);
-            let ids = gauge(&text, metric::SPOOL_PENDING_IDS);
+            let callbacks = metric::read(&text, metric::SPOOL_PENDING_CALLBACKS);
+            let ids = metric::read(&text, metric::SPOOL_PENDING_IDS);
             match (callbacks, ids) {
                 (Some(0), _) => Ok(format!(
                     "the spool of {} is empty: every accepted callback is in RabbitMQ",
@@ -67,30 +67,5 @@ pub async fn status(args: &SpoolArgs) -> anyhow::Result<String> {
                 args.producer_url
             )
         }
-    }
-}
-
-/// The value of an unlabelled gauge in Prometheus text.
-fn gauge(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            (key == name).then(|| value.trim().parse::<f64>().ok())?
-        })
-        .map(|v| v as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_gauge_is_read_from_prometheus_text() {
-        let text =
-            "# HELP x y\nlastseen_spool_pending_ids 12\nlastseen_spool_pending_callbacks 3\n";
-        assert_eq!(gauge(text, metric::SPOOL_PENDING_IDS), Some(12));
-        assert_eq!(gauge(text, metric::SPOOL_PENDING_CALLBACKS), Some(3));
-        assert_eq!(gauge(text, "missing"), None);
     }
 }

@@ -107,7 +107,7 @@ impl QueueWatch {
                 .error_for_status()?
                 .text()
                 .await?;
-            spooled += spool_pending(&text).ok_or_else(|| {
+            spooled += metric::read(&text, metric::SPOOL_PENDING_CALLBACKS).ok_or_else(|| {
                 anyhow::anyhow!("{url} has no {}", metric::SPOOL_PENDING_CALLBACKS)
             })?;
         }
@@ -216,29 +216,9 @@ impl QueueWatch {
     }
 }
 
-/// The producer's spooled callbacks, from its Prometheus text.
-fn spool_pending(metrics: &str) -> Option<u64> {
-    metrics.lines().find_map(|line| {
-        let value = line
-            .strip_prefix(metric::SPOOL_PENDING_CALLBACKS)?
-            .strip_prefix(' ')?;
-        value.trim().parse::<f64>().ok().map(|v| v as u64)
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Tally, spool_pending};
-
-    #[test]
-    fn spool_pending_reads_the_gauge_and_not_its_neighbours() {
-        let text = "# TYPE lastseen_spool_pending_callbacks gauge\n\
-                    lastseen_spool_pending_callbacks_other 9\n\
-                    lastseen_spool_pending_callbacks 3\n\
-                    lastseen_spool_pending_ids 40\n";
-        assert_eq!(spool_pending(text), Some(3));
-        assert_eq!(spool_pending("lastseen_spool_pending_ids 40\n"), None);
-    }
+    use super::Tally;
 
     #[test]
     fn tally_survives_a_counter_reset() {

@@ -80,6 +80,9 @@ pub struct Spool {
     failing: AtomicBool,
     /// Wakes the drain when a callback was spooled.
     pub appended: Notify,
+    /// Held while the depth gauges are read and set: an append's report and a removal's
+    /// could otherwise interleave and leave the older count on the gauge.
+    reporting: Mutex<()>,
 }
 
 impl Spool {
@@ -113,6 +116,7 @@ impl Spool {
             published: Arc::default(),
             failing: AtomicBool::new(false),
             appended: Notify::new(),
+            reporting: Mutex::new(()),
         };
         spool.report_depth();
         Ok(spool)
@@ -220,7 +224,13 @@ impl Spool {
         }
     }
 
+    /// Sets the depth gauges from the counts. Under `reporting`, so that whichever report
+    /// runs last reads the counts after every change that came before it.
     fn report_depth(&self) {
+        let _reporting = self
+            .reporting
+            .lock()
+            .expect("the spool's reporting lock is never poisoned");
         metrics::gauge!(metric::SPOOL_PENDING_IDS).set(self.pending_ids() as f64);
         metrics::gauge!(metric::SPOOL_PENDING_CALLBACKS).set(self.pending_callbacks() as f64);
     }
