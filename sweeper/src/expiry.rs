@@ -153,19 +153,22 @@ fn record_expiry_metrics(expired: &[objects::Expired], committed: DateTime<Utc>)
         .increment(1);
 }
 
-/// How long to sleep before the next sweep: until the watermark (`before`) reaches the
-/// earliest deadline not yet due, but no longer than `interval` and no shorter than
+/// How long to sleep before the next sweep: until the watermark (`before`, now) reaches
+/// the earliest deadline not yet swept, but no longer than `interval` and no shorter than
 /// [`MIN_PAUSE`]; or, when that deadline has passed and only the watermark is awaited,
-/// no shorter than the watermark's step ([`REPORT_EVERY`]).
+/// no shorter than the watermark's step ([`REPORT_EVERY`]). The deadlines looked at are
+/// those from `swept` on, the watermark the last sweep started from: what fell due while
+/// it ran (a sweep held up by a busy server) is swept at once, not an interval later.
 pub async fn pause_before_next(
     pool: &PgPool,
     interval: Duration,
+    swept: DateTime<Utc>,
     before: DateTime<Utc>,
 ) -> sqlx::Result<Duration> {
-    let Some(deadline) = objects::next_deadline(pool, before).await? else {
+    let Some(deadline) = objects::next_deadline(pool, swept).await? else {
         return Ok(interval);
     };
-    let shortest = if deadline <= Utc::now() {
+    let shortest = if deadline >= before && deadline <= Utc::now() {
         REPORT_EVERY.min(interval)
     } else {
         MIN_PAUSE

@@ -138,6 +138,7 @@ impl Application {
             if let Err(err) = announcer.update(&pool, &watermark.judgement()).await {
                 tracing::warn!(error = %err, "cannot record whether expiry is held; will retry");
             }
+            let swept = watermark.judgement().before;
             match expiry::sweep(
                 &pool,
                 config.sweep_batch,
@@ -168,6 +169,7 @@ impl Application {
                 expiry::pause_before_next(
                     &pool,
                     config.sweep_interval_ms,
+                    swept,
                     watermark.judgement().before,
                 )
                 .await

@@ -378,9 +378,10 @@ pub async fn stale_count(pool: &PgPool) -> sqlx::Result<i64> {
         .await
 }
 
-/// The earliest deadline, stale or expiry, at or after `from` (the watermark), if any:
-/// when the next sweep has something to do. Objects before it that are still there are
-/// held or locked; they are looked at again on the next sweep.
+/// The earliest deadline, stale or expiry, at or after `from` (the watermark the last
+/// sweep started from), if any: when the next sweep has something to do. Objects before
+/// it that are still there are held or locked; they are looked at again on the next
+/// sweep.
 pub async fn next_deadline(
     pool: &PgPool,
     from: DateTime<Utc>,
