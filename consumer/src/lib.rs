@@ -5,6 +5,7 @@ mod config;
 mod deadlines;
 mod delivery;
 mod holds;
+mod http1;
 mod redelivery;
 mod retry;
 mod startup;

@@ -1,25 +1,21 @@
 //! The status service client: `GET {STATUS_URL}/objects/{id}` answers whether an
 //! object is online.
 //!
-//! hyper's pooled client rather than reqwest's: a consumer holds one connection per
-//! check in flight (thousands of them), and hyper lets each connection's read buffer be
-//! sized to a status answer, where reqwest keeps hyper's 8 KiB default.
+//! On [`crate::http1`]'s lean pooled client: a consumer holds one connection per check in
+//! flight (thousands of them), so what a connection holds while it waits is what a check
+//! costs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
-use hyper::body::Bytes;
-use hyper::header::{AUTHORIZATION, HeaderValue};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use lastseen::ObjectId;
 use serde::Deserialize;
 
-/// Each connection's read buffer, and so the largest response head (status line and
-/// headers) taken: a status answer's is ~100 bytes; a head past this is an error.
+use crate::http1::{self, Endpoint, HttpError, Pool};
+
+/// The largest response head (status line and headers) taken: a status answer's is ~100
+/// bytes; a head past this is an error.
 pub const READ_BUFFER_BYTES: usize = 4096;
 
 /// The largest answer body taken.
@@ -27,6 +23,9 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// An idle pooled connection is closed after this.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Longest wait for a connection (and its TLS handshake) to the status service.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a status check gave no answer to act on; the message is then retried.
 #[derive(Debug, thiserror::Error)]
@@ -50,16 +49,27 @@ struct StatusAnswer {
 }
 
 /// A pooled HTTP/1.1 client for the status service, over TLS for an `https://` URL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StatusClient {
-    http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
-    /// The URL up to its path (no trailing slash), without user or password.
-    prefix: String,
+    pool: Arc<Pool>,
+    /// The URL's path (no trailing slash), without user or password.
+    path: String,
     /// The URL's query, with its `?`, or empty.
     query: String,
-    /// `Basic …` from the URL's user and password (sent as reqwest would).
-    authorization: Option<HeaderValue>,
+    /// The headers every request carries, each line ending in CRLF: `Host`, and
+    /// `Authorization: Basic …` from the URL's user and password.
+    headers: String,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for StatusClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the headers: they may hold the password.
+        f.debug_struct("StatusClient")
+            .field("path", &self.path)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StatusClient {
@@ -70,81 +80,63 @@ impl StatusClient {
         timeout: Duration,
         tls: &lastseen::tls::TlsArgs,
     ) -> anyhow::Result<Self> {
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls.client_config()?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .http1_read_buf_exact_size(READ_BUFFER_BYTES)
-            .build(connector);
-        let (prefix, query, authorization) = split_base(base)?;
+        let target = split_base(base)?;
+        let tls = match target.https {
+            true => {
+                let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+                    .map_err(|e| anyhow::anyhow!("STATUS_URL's host {:?}: {e}", target.host))?;
+                Some((http1::tls_connector(tls.client_config()?), name))
+            }
+            false => None,
+        };
+        let pool = Pool::new(
+            Endpoint {
+                host: target.host,
+                port: target.port,
+                tls,
+            },
+            timeout.min(MAX_CONNECT_TIMEOUT),
+            POOL_IDLE_TIMEOUT,
+            READ_BUFFER_BYTES,
+            MAX_BODY_BYTES,
+        );
+        let mut headers = format!("Host: {}\r\n", pool.host_header());
+        if let Some(authorization) = target.authorization {
+            headers.push_str(&format!("Authorization: {authorization}\r\n"));
+        }
         Ok(Self {
-            http,
-            prefix,
-            query,
-            authorization,
+            pool: Arc::new(pool),
+            path: target.path,
+            query: target.query,
+            headers,
             timeout,
         })
     }
 
     /// Asks whether `id` is online.
     pub async fn is_online(&self, id: ObjectId) -> Result<bool, CheckError> {
-        let uri = format!("{}/objects/{}{}", self.prefix, id, self.query);
-        let mut request = hyper::Request::get(uri);
-        if let Some(authorization) = &self.authorization {
-            request = request.header(AUTHORIZATION, authorization.clone());
-        }
-        let request = request
-            .body(Empty::new())
-            .map_err(|e| CheckError::Malformed {
-                id,
-                reason: format!("cannot make the request: {e}"),
-            })?;
-        tokio::time::timeout(self.timeout, self.ask(id, request))
+        let request = format!(
+            "GET {}/objects/{}{} HTTP/1.1\r\n{}\r\n",
+            self.path, id, self.query, self.headers
+        );
+        let answer = tokio::time::timeout(self.timeout, self.pool.send(request.as_bytes()))
             .await
             .map_err(|_| CheckError::Timeout { id })?
-    }
-
-    async fn ask(
-        &self,
-        id: ObjectId,
-        request: hyper::Request<Empty<Bytes>>,
-    ) -> Result<bool, CheckError> {
-        let response = self
-            .http
-            .request(request)
-            .await
-            .map_err(|e| unreachable(id, &e))?;
-        let status = response.status();
-        if !status.is_success() {
+            .map_err(|e| match e {
+                HttpError::BodyTooLarge(_) => CheckError::Malformed {
+                    id,
+                    reason: e.to_string(),
+                },
+                e => unreachable(id, &e),
+            })?;
+        if !(200..300).contains(&answer.status) {
             return Err(CheckError::Status {
                 id,
-                status: status.as_u16(),
+                status: answer.status,
             });
         }
-        let body = Limited::new(response.into_body(), MAX_BODY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<LengthLimitError>() {
-                    CheckError::Malformed {
-                        id,
-                        reason: format!("the answer is over {MAX_BODY_BYTES} bytes"),
-                    }
-                } else {
-                    unreachable(id, e.as_ref())
-                }
-            })?
-            .to_bytes();
         let answer: StatusAnswer =
-            serde_json::from_slice(&body).map_err(|e| CheckError::Malformed {
+            serde_json::from_slice(&answer.body).map_err(|e| CheckError::Malformed {
                 id,
                 reason: e.to_string(),
             })?;
@@ -158,8 +150,8 @@ impl StatusClient {
     }
 }
 
-/// A request about `id` that got no (whole) answer. The causes only: hyper's errors
-/// never hold the URL, and the URL sent holds no password.
+/// A request about `id` that got no (whole) answer. The causes only: they never hold the
+/// URL, and the request sent holds no password but in its `Authorization` header.
 fn unreachable(id: ObjectId, source: &(dyn std::error::Error + 'static)) -> CheckError {
     CheckError::Unreachable {
         id,
@@ -167,10 +159,33 @@ fn unreachable(id: ObjectId, source: &(dyn std::error::Error + 'static)) -> Chec
     }
 }
 
-/// `base` as the prefix of every request's URL (no trailing slash), its query, and the
-/// `Authorization` header of its user and password, which leave the URL.
-fn split_base(mut base: url::Url) -> anyhow::Result<(String, String, Option<HeaderValue>)> {
+/// Where a status URL points, and what every request to it carries.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    https: bool,
+    host: String,
+    port: u16,
+    /// The path, no trailing slash.
+    path: String,
+    /// The query, with its `?`, or empty.
+    query: String,
+    /// `Basic …` from the URL's user and password.
+    authorization: Option<String>,
+}
+
+/// `base` split into what requests need; its user and password become `Authorization`.
+fn split_base(base: url::Url) -> anyhow::Result<Target> {
     anyhow::ensure!(!base.cannot_be_a_base(), "STATUS_URL cannot take a path");
+    let https = match base.scheme() {
+        "https" => true,
+        "http" => false,
+        other => anyhow::bail!("STATUS_URL's scheme {other:?} is neither http nor https"),
+    };
+    let host = match base.host() {
+        Some(url::Host::Ipv6(address)) => address.to_string(),
+        Some(host) => host.to_string(),
+        None => anyhow::bail!("STATUS_URL has no host"),
+    };
     let authorization = if base.username().is_empty() && base.password().is_none() {
         None
     } else {
@@ -184,43 +199,59 @@ fn split_base(mut base: url::Url) -> anyhow::Result<(String, String, Option<Head
             decode(base.username()),
             decode(base.password().unwrap_or(""))
         );
-        let mut value = HeaderValue::try_from(format!(
+        Some(format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(pair)
-        ))?;
-        value.set_sensitive(true);
-        Some(value)
+        ))
     };
-    let _ = base.set_username("");
-    let _ = base.set_password(None);
-    let query = base.query().map(|q| format!("?{q}")).unwrap_or_default();
-    base.set_query(None);
-    base.set_fragment(None);
-    let prefix = base.as_str().trim_end_matches('/').to_owned();
-    Ok((prefix, query, authorization))
+    Ok(Target {
+        https,
+        port: base
+            .port_or_known_default()
+            .unwrap_or(if https { 443 } else { 80 }),
+        host,
+        path: base.path().trim_end_matches('/').to_owned(),
+        query: base.query().map(|q| format!("?{q}")).unwrap_or_default(),
+        authorization,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn split(url: &str) -> (String, String, Option<HeaderValue>) {
+    fn split(url: &str) -> Target {
         split_base(url::Url::parse(url).unwrap()).unwrap()
     }
 
     #[test]
     fn the_base_url_keeps_its_path_and_query_and_loses_its_password() {
-        let (prefix, query, auth) = split("http://127.0.0.1:9010");
+        let plain = split("http://127.0.0.1:9010");
         assert_eq!(
-            (prefix.as_str(), query.as_str(), auth),
-            ("http://127.0.0.1:9010", "", None)
+            (
+                plain.https,
+                plain.host.as_str(),
+                plain.port,
+                plain.path.as_str()
+            ),
+            (false, "127.0.0.1", 9010, "")
         );
-        let (prefix, query, _) = split("https://status.example/api/v2/?region=eu");
-        assert_eq!(prefix, "https://status.example/api/v2");
-        assert_eq!(query, "?region=eu");
-        let (prefix, _, auth) = split("http://us%40r:p%3Ass@h:1/x");
-        assert_eq!(prefix, "http://h:1/x");
+        assert_eq!((plain.query.as_str(), plain.authorization), ("", None));
+        let deep = split("https://status.example/api/v2/?region=eu");
+        assert_eq!(
+            (
+                deep.https,
+                deep.host.as_str(),
+                deep.port,
+                deep.path.as_str()
+            ),
+            (true, "status.example", 443, "/api/v2")
+        );
+        assert_eq!(deep.query, "?region=eu");
+        let secret = split("http://us%40r:p%3Ass@h:1/x");
+        assert_eq!((secret.host.as_str(), secret.path.as_str()), ("h", "/x"));
         // base64("us@r:p:ss")
-        assert_eq!(auth.unwrap(), "Basic dXNAcjpwOnNz");
+        assert_eq!(secret.authorization.unwrap(), "Basic dXNAcjpwOnNz");
+        assert_eq!(split("http://[::1]:9010").host, "::1");
     }
 }
