@@ -11,9 +11,11 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -76,6 +78,8 @@ pub struct Pool {
     max_body_bytes: usize,
     /// Newest last: taken from the back, expired ones dropped from the front.
     idle: Mutex<VecDeque<(Connection, Instant)>>,
+    /// Whether the task that closes expired idle connections runs.
+    pruning: AtomicBool,
 }
 
 enum Connection {
@@ -123,6 +127,7 @@ impl Pool {
             max_head_bytes,
             max_body_bytes,
             idle: Mutex::new(VecDeque::new()),
+            pruning: AtomicBool::new(false),
         }
     }
 
@@ -142,8 +147,11 @@ impl Pool {
 
     /// Sends `request` (a whole GET: request line, headers, blank line) and reads the
     /// answer, on an idle connection if there is one.
-    pub async fn send(&self, request: &[u8]) -> Result<Answer, HttpError> {
-        if let Some(connection) = self.take_idle() {
+    pub async fn send(self: &Arc<Self>, request: &[u8]) -> Result<Answer, HttpError> {
+        let idle = self
+            .take_idle()
+            .and_then(|mut connection| is_quiet(&mut connection).then_some(connection));
+        if let Some(connection) = idle {
             match self.exchange(connection, request).await {
                 Ok(answer) => return Ok(answer),
                 Err(Failed {
@@ -167,29 +175,50 @@ impl Pool {
         if since.elapsed() < self.idle_timeout {
             Some(connection)
         } else {
-            // The newest is past the timeout: so is every other.
-            idle.clear();
+            // The newest is past the timeout: so is every other. Closed after the lock.
+            let expired = std::mem::take(&mut *idle);
+            drop(idle);
+            drop(expired);
             None
         }
     }
 
-    fn put_idle(&self, connection: Connection) {
+    fn put_idle(self: &Arc<Self>, connection: Connection) {
+        self.idle
+            .lock()
+            .expect("the idle list lock is never poisoned")
+            .push_back((connection, Instant::now()));
+        if !self.pruning.swap(true, Ordering::Relaxed) {
+            tokio::spawn(prune(Arc::downgrade(self)));
+        }
+    }
+
+    /// Takes the connections idle past the timeout off the list (oldest first).
+    fn expired(&self) -> Vec<Connection> {
         let mut idle = self
             .idle
             .lock()
             .expect("the idle list lock is never poisoned");
+        let mut expired = Vec::new();
         while idle
             .front()
             .is_some_and(|(_, since)| since.elapsed() >= self.idle_timeout)
         {
-            idle.pop_front();
+            expired.extend(idle.pop_front().map(|(connection, _)| connection));
         }
-        idle.push_back((connection, Instant::now()));
+        expired
     }
 
+    /// A new connection, its TLS handshake included, within the connect timeout.
     async fn connect(&self) -> Result<Connection, HttpError> {
+        tokio::time::timeout(self.connect_timeout, self.connect_unbounded())
+            .await
+            .map_err(|_| HttpError::ConnectTimeout)?
+    }
+
+    async fn connect_unbounded(&self) -> Result<Connection, HttpError> {
         let endpoint = &self.endpoint;
-        let tcp = tokio::time::timeout(self.connect_timeout, async {
+        let tcp = async {
             let addresses: Vec<SocketAddr> =
                 tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
                     .await
@@ -208,9 +237,8 @@ impl Pool {
             Err(HttpError::Connect(last.unwrap_or_else(|| {
                 io::Error::new(io::ErrorKind::NotFound, "no address")
             })))
-        })
-        .await
-        .map_err(|_| HttpError::ConnectTimeout)??;
+        }
+        .await?;
         tcp.set_nodelay(true).map_err(HttpError::Connect)?;
         match &endpoint.tls {
             None => Ok(Connection::Plain(tcp)),
@@ -222,7 +250,11 @@ impl Pool {
         }
     }
 
-    async fn exchange(&self, mut connection: Connection, request: &[u8]) -> Result<Answer, Failed> {
+    async fn exchange(
+        self: &Arc<Self>,
+        mut connection: Connection,
+        request: &[u8],
+    ) -> Result<Answer, Failed> {
         let result = match &mut connection {
             Connection::Plain(stream) => self.on(stream, request).await,
             Connection::Tls(stream) => self.on(stream.as_mut(), request).await,
@@ -321,6 +353,9 @@ impl Pool {
                         Err(err) => return Err(failed(HttpError::Io(err))),
                     }
                 }
+                if buf.len() > self.max_body_bytes {
+                    return Err(failed(HttpError::BodyTooLarge(self.max_body_bytes)));
+                }
                 (buf, false)
             }
         };
@@ -329,6 +364,35 @@ impl Pool {
             body,
         };
         Ok((answer, complete && head.keep_alive))
+    }
+}
+
+/// Whether an idle connection has nothing to read: bytes that came while it sat idle (a
+/// `408` before the server closed it, bytes past an answer's end) or its end mean it is
+/// out of step or closed, so it is not used again.
+fn is_quiet(connection: &mut Connection) -> bool {
+    let mut byte = [0u8; 1];
+    match connection {
+        Connection::Plain(stream) => matches!(
+            stream.try_read(&mut byte),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        ),
+        // A TLS stream has no `try_read`: one poll of a read tells the same.
+        Connection::Tls(stream) => stream.read(&mut byte).now_or_never().is_none(),
+    }
+}
+
+/// Closes idle connections past the timeout, until the pool is gone.
+async fn prune(pool: Weak<Pool>) {
+    loop {
+        let every = match pool.upgrade() {
+            Some(pool) => {
+                drop(pool.expired());
+                (pool.idle_timeout / 4).max(Duration::from_secs(1))
+            }
+            None => return,
+        };
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -348,14 +412,23 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
     let mut transfer_encoded = false;
     let mut close = http10;
     for header in response.headers.iter() {
+        let read = ["content-length", "transfer-encoding", "connection"]
+            .iter()
+            .any(|name| header.name.eq_ignore_ascii_case(name));
+        if !read {
+            continue;
+        }
         let value = std::str::from_utf8(header.value)
             .map_err(|_| HttpError::Head(format!("{} is not text", header.name)))?;
         let tokens = || value.split(',').map(|t| t.trim().to_ascii_lowercase());
         if header.name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value
-                .trim()
-                .parse()
-                .map_err(|_| HttpError::Head(format!("Content-Length {value:?}")))?;
+            let digits = value.trim();
+            let n: usize = digits
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| digits.parse().ok())
+                .flatten()
+                .ok_or_else(|| HttpError::Head(format!("Content-Length {value:?}")))?;
             if length.is_some_and(|m| m != n) {
                 return Err(HttpError::Head("two Content-Lengths".into()));
             }
@@ -399,8 +472,8 @@ async fn read_chunked<S: AsyncRead + Unpin>(
 ) -> Result<(Vec<u8>, bool), HttpError> {
     let mut body = Vec::new();
     let mut at = 0;
-    // Buffered input beyond the body read so far is bounded by one chunk (at most
-    // `max_body_bytes`), its size line and the trailers.
+    // Buffered input is bounded by one chunk (at most `max_body_bytes`), its size line
+    // (extensions included) and the trailers.
     let most_buffered = max_body_bytes + 16 * 1024;
     let mut more = async |buf: &mut Vec<u8>, at: usize| -> Result<(), HttpError> {
         if buf.len() - at > most_buffered {
@@ -437,7 +510,7 @@ async fn read_chunked<S: AsyncRead + Unpin>(
                 more(&mut buf, at).await?;
             }
         }
-        if body.len() + size > max_body_bytes {
+        if size > max_body_bytes - body.len() {
             return Err(HttpError::BodyTooLarge(max_body_bytes));
         }
         while buf.len() < at + size + 2 {
@@ -447,7 +520,9 @@ async fn read_chunked<S: AsyncRead + Unpin>(
         if &buf[at + size..at + size + 2] != b"\r\n" {
             return Err(HttpError::Chunk);
         }
-        at += size + 2;
+        // What is read is dropped, so the buffer holds one chunk and its size line.
+        buf.drain(..at + size + 2);
+        at = 0;
     }
 }
 
@@ -490,7 +565,13 @@ mod tests {
                         request.clear();
                         let next = answers.lock().unwrap().pop_front();
                         let Some((answer, close)) = next else { return };
-                        socket.write_all(answer).await.unwrap();
+                        // Bytes after a `|` come 100 ms later, unasked.
+                        let mut parts = answer.splitn(2, |b| *b == b'|');
+                        socket.write_all(parts.next().unwrap()).await.unwrap();
+                        if let Some(later) = parts.next() {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            socket.write_all(later).await.unwrap();
+                        }
                         if close {
                             return;
                         }
@@ -501,19 +582,19 @@ mod tests {
         (port, connections)
     }
 
-    fn pool(port: u16) -> Pool {
+    fn pool(port: u16) -> Arc<Pool> {
         let endpoint = Endpoint {
             host: "127.0.0.1".into(),
             port,
             tls: None,
         };
-        Pool::new(
+        Arc::new(Pool::new(
             endpoint,
             Duration::from_secs(1),
             Duration::from_secs(90),
             4096,
             64,
-        )
+        ))
     }
 
     const GET: &[u8] = b"GET /objects/1 HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -565,6 +646,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_connection_that_got_unasked_bytes_is_not_used_again() {
+        let (port, connections) = serve(vec![
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok|HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes", false),
+        ])
+        .await;
+        let pool = pool(port);
+        assert_eq!(pool.send(GET).await.unwrap().body, b"ok");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = pool.send(GET).await.unwrap();
+        assert_eq!((second.status, second.body.as_slice()), (200, &b"yes"[..]));
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn oversized_heads_and_bodies_and_cut_answers_are_errors() {
         let long_head: &'static [u8] = Box::leak(
             format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(5000))
@@ -583,6 +682,10 @@ mod tests {
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
                 true,
             ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n",
+                true,
+            ),
         ])
         .await;
         let pool = pool(port);
@@ -595,13 +698,14 @@ mod tests {
                 "connection closed before the answer was complete",
                 "malformed chunked answer body",
                 "malformed answer head: two Content-Lengths",
+                "the answer is over 64 bytes",
             ]
         );
     }
 
-    async fn futures_errors(pool: &Pool) -> Vec<String> {
+    async fn futures_errors(pool: &Arc<Pool>) -> Vec<String> {
         let mut errors = Vec::new();
-        for _ in 0..5 {
+        for _ in 0..6 {
             errors.push(pool.send(GET).await.unwrap_err().to_string());
         }
         errors

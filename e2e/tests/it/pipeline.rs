@@ -102,9 +102,10 @@ async fn objects_expire_between_two_and_three_seconds_after_last_sighting_with_o
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(gone_at.len(), 50, "not every row expired");
-    // When each expired, by the sweeper's clock (`expired_at` in the history): 2-3 s after
-    // its last sighting. The poll above bounds it from below only (never early): on a
-    // loaded runner a poll can be answered later than the row went.
+    // When each expired, by the sweeper's clock (`expired_at` in the history, stamped when
+    // its sweep batch began): 2-3 s after its last sighting. The poll above bounds it from
+    // below only (never early): on a loaded runner a poll can be answered later than the
+    // row went.
     let expired_at: HashMap<i64, DateTime<Utc>> =
         sqlx::query_as("SELECT object_id, expired_at FROM object_expiries")
             .fetch_all(&env.pool)
@@ -205,7 +206,8 @@ async fn an_object_due_while_a_sweep_is_held_up_is_expired_right_after_it() -> a
     sleep_until(second + secs(1000)).await;
     let waiting: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+         WHERE datname = current_database() AND wait_event_type = 'Lock'
+           AND query LIKE '%INSERT INTO object_expiries%'",
     )
     .fetch_one(&env.pool)
     .await?;
@@ -219,11 +221,18 @@ async fn an_object_due_while_a_sweep_is_held_up_is_expired_right_after_it() -> a
         })
         .await?;
     assert!(gone, "the objects were not expired");
-    let expired_at: DateTime<Utc> =
-        sqlx::query_scalar("SELECT expired_at FROM object_expiries WHERE object_id = 2")
-            .fetch_one(&env.pool)
-            .await?;
-    let after = (expired_at - released).num_milliseconds();
+    let expired_at: HashMap<i64, DateTime<Utc>> =
+        sqlx::query_as("SELECT object_id, expired_at FROM object_expiries")
+            .fetch_all(&env.pool)
+            .await?
+            .into_iter()
+            .collect();
+    // The second was not in the held-up sweep: it was swept after the lock went.
+    assert!(
+        expired_at[&2] > expired_at[&1] && expired_at[&2] >= released,
+        "the second object was expired in the held-up sweep: {expired_at:?}, released {released}"
+    );
+    let after = (expired_at[&2] - released).num_milliseconds();
     assert!(
         after < 1500,
         "the object due during the held-up sweep expired {after} ms after it (the sweep interval is 3,000 ms)"
