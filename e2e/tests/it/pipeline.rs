@@ -206,14 +206,14 @@ async fn an_object_due_while_a_sweep_is_held_up_is_expired_right_after_it() -> a
     sleep_until(second + secs(1000)).await;
     let waiting: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND wait_event_type = 'Lock'
-           AND query LIKE '%INSERT INTO object_expiries%'",
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
     )
     .fetch_one(&env.pool)
     .await?;
     assert!(waiting >= 1, "no sweep was waiting for the history");
-    history.commit().await?;
+    // Before the commit: the sweeper may go on before the commit's answer gets here.
     let released = Utc::now();
+    history.commit().await?;
 
     let gone = env
         .eventually(Duration::from_secs(6), || async {
@@ -227,9 +227,10 @@ async fn an_object_due_while_a_sweep_is_held_up_is_expired_right_after_it() -> a
             .await?
             .into_iter()
             .collect();
-    // The second was not in the held-up sweep: it was swept after the lock went.
+    // The second was not in the held-up sweep (the first may not have been either, when
+    // the sweep began just before its deadline): it was swept after the lock went.
     assert!(
-        expired_at[&2] > expired_at[&1] && expired_at[&2] >= released,
+        expired_at[&2] >= released,
         "the second object was expired in the held-up sweep: {expired_at:?}, released {released}"
     );
     let after = (expired_at[&2] - released).num_milliseconds();
