@@ -106,12 +106,7 @@ async fn objects_expire_between_two_and_three_seconds_after_last_sighting_with_o
     // its sweep batch began): 2-3 s after its last sighting. The poll above bounds it from
     // below only (never early): on a loaded runner a poll can be answered later than the
     // row went.
-    let expired_at: HashMap<i64, DateTime<Utc>> =
-        sqlx::query_as("SELECT object_id, expired_at FROM object_expiries")
-            .fetch_all(&env.pool)
-            .await?
-            .into_iter()
-            .collect();
+    let expired_at = expiry_times(&env).await?;
     for (id, gone) in &gone_at {
         let observed = (*gone - last_seen[id]).num_milliseconds();
         let after = expired_at
@@ -176,6 +171,17 @@ async fn objects_expire_between_two_and_three_seconds_after_last_sighting_with_o
     env.teardown().await
 }
 
+/// When each object in the history expired (`expired_at`), by id.
+async fn expiry_times(env: &TestEnv) -> anyhow::Result<HashMap<i64, DateTime<Utc>>> {
+    Ok(
+        sqlx::query_as("SELECT object_id, expired_at FROM object_expiries")
+            .fetch_all(&env.pool)
+            .await?
+            .into_iter()
+            .collect(),
+    )
+}
+
 /// Sleeps until `at` (now if it has passed).
 async fn sleep_until(at: DateTime<Utc>) {
     tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await;
@@ -221,12 +227,7 @@ async fn an_object_due_while_a_sweep_is_held_up_is_expired_right_after_it() -> a
         })
         .await?;
     assert!(gone, "the objects were not expired");
-    let expired_at: HashMap<i64, DateTime<Utc>> =
-        sqlx::query_as("SELECT object_id, expired_at FROM object_expiries")
-            .fetch_all(&env.pool)
-            .await?
-            .into_iter()
-            .collect();
+    let expired_at = expiry_times(&env).await?;
     // The second was not in the held-up sweep (the first may not have been either, when
     // the sweep began just before its deadline): it was swept after the lock went.
     assert!(
