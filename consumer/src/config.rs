@@ -23,13 +23,17 @@ pub struct Config {
     /// message, this bounds the status checks in flight (each takes 0.3 to 4.3 s, so
     /// throughput needs many: 500 messages of 50 ids = 25,000 checks, of which
     /// `MAX_CHECKS_IN_FLIGHT` run at once). A message stays unacked until its slowest
-    /// id is settled, so prefetch must exceed the checks wanted in flight.
+    /// id is settled and committed (~4.5 s at the status service's slowest), so at r
+    /// messages/s a process holds ~4.5 × r of them: at 100/s (5,000 ids/s per process)
+    /// 500 is ~90% full and 1,000 gives a flatter lag (the bench's setting). 500 by
+    /// default: after a RabbitMQ outage every retry waits behind what the processes
+    /// hold (18-26 s in `make chaos` with 1,000).
     #[arg(long, env = "PREFETCH", default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
 
     /// Most status calls in flight in this process, and so most HTTP connections to the
     /// status service (HTTP/1.1 needs one per call in flight; each uses an ephemeral port).
-    #[arg(long, env = "MAX_CHECKS_IN_FLIGHT", default_value_t = 12_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "MAX_CHECKS_IN_FLIGHT", default_value_t = 13_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_checks_in_flight: u32,
 
     /// Most rows in one upsert statement.
@@ -43,8 +47,9 @@ pub struct Config {
 
     /// Batches written at once, each on its own PostgreSQL connection: while one commits,
     /// the next is gathered and written, so a sighting does not wait for another batch's
-    /// commit. Keep below `DATABASE_MAX_CONNECTIONS`.
-    #[arg(long, env = "BATCH_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    /// commit. Four: with two, a commit slower than the gathering (~0.3 s under load)
+    /// left sightings waiting for a writer. Keep below `DATABASE_MAX_CONNECTIONS`.
+    #[arg(long, env = "BATCH_WRITERS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub batch_writers: u32,
 
     /// Checks of one message (failed status calls) before it goes to the dead-letter queue.

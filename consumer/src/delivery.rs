@@ -12,6 +12,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lastseen::progress::Held;
 use lastseen::{CheckMessage, ObjectId};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::deadlines::Deadlines;
@@ -33,10 +34,7 @@ pub struct Context {
     pub retrier: Retrier,
     /// Cancelled when forwarding to retry failed: the session is then renewed, so its
     /// queues are declared again, instead of requeueing every failure forever.
-    pub session_failed: tokio_util::sync::CancellationToken,
-    /// Cancelled when the session broke: its deliveries can no longer be acked (RabbitMQ
-    /// redelivers them), so their work stops instead of holding check slots.
-    pub ended: tokio_util::sync::CancellationToken,
+    pub session_failed: CancellationToken,
     /// TTL and stale delay of sightings from messages that carry none
     /// (`OBJECT_TTL_SECS`, `OBJECT_STALE_AFTER_SECS`).
     pub deadlines: Deadlines,
@@ -47,13 +45,19 @@ pub struct Context {
 }
 
 /// Handles one delivery to the end: acked once durable, or left unacked (and so
-/// redelivered) if anything on the way failed or its session broke. `held` keeps its
-/// `accepted_at` in this process's progress reports until then.
-pub async fn handle(delivery: Delivery, ctx: Arc<Context>, held: Option<Held>) {
+/// redelivered) if anything on the way failed or `ended` fired: its session broke, so it
+/// can no longer be acked and RabbitMQ redelivers it, and its work stops instead of
+/// holding check slots. `held` keeps its `accepted_at` in this process's progress
+/// reports until then.
+pub async fn handle(
+    delivery: Delivery,
+    ctx: Arc<Context>,
+    held: Option<Held>,
+    ended: CancellationToken,
+) {
     let _held = held;
-    let ended = ctx.ended.clone();
     tokio::select! {
-        settled = AssertUnwindSafe(settle(&delivery, &ctx)).catch_unwind() => {
+        settled = AssertUnwindSafe(settle(&delivery, &ctx, &ended)).catch_unwind() => {
             if let Err(panic) = settled {
                 let reason = format!("the consumer panicked handling it: {}", panic_text(&*panic));
                 tracing::error!(%reason, "dead-lettering");
@@ -125,7 +129,7 @@ async fn renew(delivery: &Delivery, ctx: &Context, redeliveries: u64) {
     }
 }
 
-async fn settle(delivery: &Delivery, ctx: &Context) {
+async fn settle(delivery: &Delivery, ctx: &Context, ended: &CancellationToken) {
     let attempt = attempt_of(&delivery.properties);
     metrics::counter!(
         metric::DELIVERIES_TOTAL,
@@ -160,13 +164,19 @@ async fn settle(delivery: &Delivery, ctx: &Context) {
         request_id = message.request_id.as_deref().unwrap_or("-"),
         attempt,
     );
-    check_message(delivery, ctx, message, attempt)
+    check_message(delivery, ctx, message, attempt, ended)
         .instrument(span)
         .await;
 }
 
 /// Checks every id of a parsed message, records the online ones, retries the failed.
-async fn check_message(delivery: &Delivery, ctx: &Context, message: CheckMessage, attempt: u32) {
+async fn check_message(
+    delivery: &Delivery,
+    ctx: &Context,
+    message: CheckMessage,
+    attempt: u32,
+    ended: &CancellationToken,
+) {
     // Every id is checked, and if online recorded, on its own: a fast answer is written
     // without waiting for the slowest id of its message. The message is acked once all
     // its ids are settled.
@@ -196,7 +206,7 @@ async fn check_message(delivery: &Delivery, ctx: &Context, message: CheckMessage
     // Ids that go to a retry queue are held from expiry first (see `crate::holds`).
     if !failed.is_empty()
         && attempt < ctx.retrier.policy.max_attempts
-        && !holds::hold(&ctx.pool, &failed, message.accepted_at, &ctx.ended).await
+        && !holds::hold(&ctx.pool, &failed, message.accepted_at, ended).await
     {
         return;
     }

@@ -6,6 +6,7 @@ mod deadlines;
 mod delivery;
 mod holds;
 mod http1;
+mod orphans;
 mod redelivery;
 mod retry;
 mod startup;

@@ -62,13 +62,19 @@ impl RenewPolicy {
         if count < u64::from(self.renew_at) {
             return Redelivery::Handle;
         }
-        let redeliveries = non_negative(header_int(properties, header::REDELIVERIES)) + count;
+        let redeliveries = so_far(properties);
         if redeliveries >= self.give_up_at {
             Redelivery::GiveUp { redeliveries }
         } else {
             Redelivery::Renew { redeliveries }
         }
     }
+}
+
+/// A delivery's earlier deliveries, summed over its renewals.
+pub fn so_far(properties: &BasicProperties) -> u64 {
+    non_negative(header_int(properties, header::REDELIVERIES))
+        + non_negative(header_int(properties, header::DELIVERY_COUNT))
 }
 
 fn non_negative(n: Option<i64>) -> u64 {

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::deadlines::Deadlines;
 use crate::delivery::{self, Context};
+use crate::orphans::{self, InHand};
 use crate::redelivery::RenewPolicy;
 use crate::retry::{Retrier, RetryPolicy, attempt_of};
 use crate::status::StatusClient;
@@ -266,13 +267,15 @@ async fn consume(
             shared.policy,
         ),
         session_failed: CancellationToken::new(),
-        ended: CancellationToken::new(),
         deadlines: shared.deadlines,
         renew: RenewPolicy::new(shared.config.topology.delivery_limit),
         pool: shared.pool.clone(),
     });
-    // Any way out but shutdown means the session broke: stop its deliveries' work.
-    let session_ended = ctx.ended.clone().drop_guard();
+    // Any way out but shutdown means the session broke: stop the work of the deliveries
+    // of its subscription (RabbitMQ redelivers them). Not those of a subscription
+    // RabbitMQ cancelled: their queue is gone, so nothing would redeliver them.
+    let mut subscription = CancellationToken::new();
+    let mut subscription_ended = subscription.clone().drop_guard();
     // Known to the sweepers, with an alive queue on this connection, before it takes
     // any delivery (see `lastseen::progress`).
     shared
@@ -280,6 +283,7 @@ async fn consume(
         .declare_alive_queue(session, &shared.topology)
         .await?;
     shared.reporter.announce(session, &shared.topology).await;
+    let in_hand = InHand::default();
     let mut consumer = subscribe(&channel, shared).await?;
     let mut resubscribing = lastseen::backoff::Retries::new();
     loop {
@@ -295,7 +299,13 @@ async fn consume(
                         .then(|| accepted_at(&delivery.data))
                         .flatten()
                         .map(|at| shared.unsettled.hold(at));
-                    shared.tracker.spawn(delivery::handle(delivery, ctx.clone(), held));
+                    let kept = in_hand.keep(&delivery);
+                    let handled =
+                        delivery::handle(delivery, ctx.clone(), held, subscription.clone());
+                    shared.tracker.spawn(async move {
+                        handled.await;
+                        drop(kept);
+                    });
                 }
                 Some(Err(err)) => return Err(err.into()),
                 // The connection went: the session broke.
@@ -303,14 +313,30 @@ async fn consume(
                     anyhow::bail!("the subscription ended with the connection")
                 }
                 // RabbitMQ cancelled the subscription but the session is fine: the work
-                // queue was deleted. Deliveries in flight finish (their rows are
-                // committed; their acks go nowhere); the queue is declared again and
-                // consumed anew.
+                // queue was deleted, and what this consumer held with it. The queue is
+                // declared again at once and every delivery in hand re-published to it
+                // (`crate::orphans`); the originals finish too (their acks go nowhere);
+                // then the queue is consumed anew.
                 None => {
                     shared.consuming.store(false, Ordering::Relaxed);
                     tracing::warn!(queue = %shared.topology.checks_queue, "RabbitMQ cancelled the subscription (was the queue deleted?); declaring it again");
+                    subscription = CancellationToken::new();
+                    std::mem::replace(&mut subscription_ended, subscription.clone().drop_guard())
+                        .disarm();
+                    let rehomed = async {
+                        session.declare(&shared.topology).await?;
+                        orphans::rehome(&in_hand, &ctx.retrier).await?;
+                        anyhow::Ok(())
+                    };
+                    tokio::select! {
+                        rehomed = rehomed => rehomed?,
+                        () = shutdown.cancelled() => {
+                            subscription_ended.disarm();
+                            return Ok(ctx);
+                        }
+                    }
                     if !resubscribing.pause(shutdown).await {
-                        session_ended.disarm();
+                        subscription_ended.disarm();
                         return Ok(ctx);
                     }
                     session.declare(&shared.topology).await?;
@@ -322,7 +348,7 @@ async fn consume(
             }
             () = shutdown.cancelled() => {
                 let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
-                session_ended.disarm();
+                subscription_ended.disarm();
                 return Ok(ctx);
             }
         }

@@ -355,6 +355,10 @@ pub struct Outcome {
     pub logs: LogFigures,
     pub unexpected_exits: Vec<UnexpectedExit>,
     pub logs_dir: String,
+    /// The dead letters taken off the dead-letter queue (judged in `verdict`; kept for
+    /// checks of the scenario's own, such as the deadline batch's).
+    #[serde(skip)]
+    pub dead_letters: Vec<dead_letters::DeadLetter>,
 }
 
 /// Where the end of a run looks.
@@ -406,6 +410,7 @@ impl Ending<'_> {
             logs: logs::read(self.logs)?,
             unexpected_exits: pipeline.unexpected_exits().to_vec(),
             logs_dir: self.logs.display().to_string(),
+            dead_letters: dead,
         })
     }
 }

@@ -23,7 +23,8 @@ pub struct Config {
     pub sweep_batch: u32,
 
     /// Transactions a sweep runs at once, each expiring up to `SWEEP_BATCH` objects: a
-    /// mass expiry then uses more than one PostgreSQL core.
+    /// mass expiry then uses more than one PostgreSQL core. They start once the sweep's
+    /// first transaction came back full, so a smaller sweep is one digest.
     #[arg(long, env = "SWEEP_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub sweep_workers: u32,
 

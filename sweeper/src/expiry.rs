@@ -31,9 +31,12 @@ pub enum Pass {
 
 /// Marks stale, then expires, every object due (its deadline before the watermark, and
 /// not held by an id waiting in a retry queue), in transactions of at most `batch`
-/// objects, each stamped with its own time, `workers` transactions at once (each locks
-/// its own rows and skips the others'): a mass expiry keeps PostgreSQL busy on more than
-/// one core while each worker builds its notifications. The stale pass runs first, so an
+/// objects, each stamped with its own time. The first transaction runs alone; only when
+/// it comes back full do `workers` run at once (each locks its own rows and skips the
+/// others'): a mass expiry keeps PostgreSQL busy on more than one core while each worker
+/// builds its notifications, and a sweep with less than a batch due is one transaction
+/// with one digest (workers started together each took some of its rows and each wrote
+/// a digest). The stale pass runs first, so an
 /// object due for both (the sweepers were down) says `object.stale` before
 /// `object.expired`; expiry waits for that mark (see `objects::expire_due`). Returns how
 /// many were marked stale and how many expired.
@@ -44,34 +47,59 @@ pub async fn sweep(
     watermark: &Watermark,
     max_hold: Duration,
 ) -> sqlx::Result<(u64, u64)> {
+    let sweep = Sweep {
+        pool,
+        batch,
+        watermark,
+        max_hold,
+    };
     let mut done = [0; 2];
     for (pass, count) in [Pass::Stale, Pass::Expiry].into_iter().zip(&mut done) {
-        let chains =
-            (0..workers.max(1)).map(|_| sweep_chain(pool, pass, batch, watermark, max_hold));
-        *count = futures::future::try_join_all(chains)
+        *count = sweep.batch(pass).await?;
+        if *count < u64::from(batch) {
+            continue;
+        }
+        let chains = (0..workers.max(1)).map(|_| sweep.chain(pass));
+        *count += futures::future::try_join_all(chains)
             .await?
             .into_iter()
-            .sum();
+            .sum::<u64>();
     }
     Ok((done[0], done[1]))
 }
 
-/// One worker of [`sweep`]: batches until one comes back short (nothing more is due, or
-/// the rest is locked by another worker or sweeper).
-async fn sweep_chain(
-    pool: &PgPool,
-    pass: Pass,
+/// What each transaction of a sweep works with.
+#[derive(Clone, Copy)]
+struct Sweep<'a> {
+    pool: &'a PgPool,
     batch: u32,
-    watermark: &Watermark,
+    watermark: &'a Watermark,
     max_hold: Duration,
-) -> sqlx::Result<u64> {
-    let mut total = 0;
-    loop {
+}
+
+impl Sweep<'_> {
+    /// One worker of [`sweep`]: batches until one comes back short (nothing more is due,
+    /// or the rest is locked by another worker or sweeper).
+    async fn chain(self, pass: Pass) -> sqlx::Result<u64> {
+        let mut total = 0;
+        loop {
+            let count = self.batch(pass).await?;
+            total += count;
+            if count < u64::from(self.batch) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// One transaction of `pass` over up to `batch` objects due now; returns how many.
+    async fn batch(self, pass: Pass) -> sqlx::Result<u64> {
+        let (pool, batch) = (self.pool, self.batch);
         let now = Utc::now();
         let due = objects::Due {
             now,
-            before: watermark.judgement().before,
-            holds_from: now - chrono::Duration::from_std(max_hold).unwrap_or(chrono::Duration::MAX),
+            before: self.watermark.judgement().before,
+            holds_from: now
+                - chrono::Duration::from_std(self.max_hold).unwrap_or(chrono::Duration::MAX),
         };
         let mut tx = pool.begin().await?;
         let count = match pass {
@@ -88,10 +116,7 @@ async fn sweep_chain(
                 expired.len()
             }
         };
-        total += count as u64;
-        if count < batch as usize {
-            return Ok(total);
-        }
+        Ok(count as u64)
     }
 }
 

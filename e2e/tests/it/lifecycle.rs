@@ -221,6 +221,48 @@ async fn two_sweepers_expire_each_object_once_with_one_notification() -> anyhow:
     env.teardown().await
 }
 
+/// A sweep with little to do is one transaction, so one `digest`, however many workers
+/// it may run: the extra workers start only when the first batch came back full. Two
+/// workers started at once each locked some of the objects due and each wrote a digest
+/// (a webhook test counting three notifications for two expiries saw four).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_sweep_writes_one_digest_whatever_its_workers() -> anyhow::Result<()> {
+    let mut env = TestEnv::start(Status::quick_all_online()).await?;
+    env.start_sweeper(&["--sweep-workers=8", "--sweep-interval-ms=50"])?;
+    for round in 0..60_i64 {
+        let ids: Vec<i64> = (round * 100..round * 100 + 100).collect();
+        env.insert_objects(&ids, Utc::now()).await?;
+        let expired = env
+            .eventually(Duration::from_secs(10), || async {
+                let left: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM objects WHERE id = ANY($1)")
+                        .bind(&ids)
+                        .fetch_one(&env.pool)
+                        .await?;
+                Ok(left == 0)
+            })
+            .await?;
+        assert!(expired, "round {round}: {ids:?} were not expired");
+        let digests: Vec<Value> = sqlx::query_scalar(
+            "SELECT payload FROM notifications WHERE routing_key = 'digest'
+               AND EXISTS (SELECT 1 FROM jsonb_array_elements(payload->'object_ids') AS e(id)
+                           WHERE e.id::bigint = ANY($1))",
+        )
+        .bind(&ids)
+        .fetch_all(&env.pool)
+        .await?;
+        let counts: Vec<&Value> = digests.iter().map(|d| &d["expired"]).collect();
+        assert_eq!(
+            counts,
+            [100],
+            "round {round}: the expiries counted by each digest naming {}..={}",
+            ids[0],
+            ids[99]
+        );
+    }
+    env.teardown().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callbacks_ttl_secs_sets_the_deadline_of_its_objects() -> anyhow::Result<()> {
     let mut env = TestEnv::start(Status::quick_all_online()).await?;

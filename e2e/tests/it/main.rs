@@ -19,6 +19,7 @@ mod notification_queue;
 mod operations;
 mod outages;
 mod pipeline;
+mod plans;
 mod publishing;
 mod queue_deleted;
 mod reads;

@@ -1,11 +1,13 @@
 //! The work queue deleted under a running pipeline (an admin's mistake, or a queue
 //! recreated to change its arguments): the pipeline declares it again by itself, checks
-//! in flight still store their ids, and callbacks answered meanwhile are all published
-//! once it is back.
+//! in flight still store their ids, even when their consumer dies right after (it
+//! re-published them), and callbacks answered meanwhile are all published once it is
+//! back.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use e2e::process::{free_port, start};
 use e2e::{Status, TestEnv, post_ids};
 use lapin::options::QueueDeleteOptions;
 use serde_json::json;
@@ -63,6 +65,78 @@ async fn a_check_in_flight_when_its_queue_is_deleted_is_stored_and_the_consumer_
     assert!(
         env.stored_within(&[43], Duration::from_secs(15)).await?,
         "a check published to the declared-again queue was not stored"
+    );
+    env.teardown().await
+}
+
+/// Checks a consumer held when their queue was deleted survive that consumer killed -9
+/// right after: RabbitMQ dropped them with the queue, so the consumer re-publishes what
+/// it holds to the queue declared again, and a consumer started later checks them. Before,
+/// the consumer's copies were the only ones, and killing it lost every id (`make chaos`
+/// lost 19 so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_held_when_the_queue_is_deleted_survive_their_consumer_killed_at_once()
+-> anyhow::Result<()> {
+    // Checks take 6 to 7 s: every one is still in flight when the consumer is killed.
+    let mut env = TestEnv::start(Status {
+        delay_min_ms: 6000,
+        delay_max_ms: 7000,
+        ..Status::slow_all_online()
+    })
+    .await?;
+    let checks = env.topology().checks_queue;
+    let mut settings = env.process_env();
+    settings.extend([
+        ("METRICS_ADDR", format!("127.0.0.1:{}", free_port()?)),
+        ("RUST_LOG", "info,sqlx=warn".into()),
+    ]);
+    let mut consumer = start("consumer", &settings)?;
+    env.wait_for_consumers(&checks, 1).await?;
+    let ids: Vec<i64> = (1..=40).collect();
+    for message in ids.chunks(4) {
+        env.publish_check(message).await?;
+    }
+    let taken = env
+        .eventually(Duration::from_secs(10), || async {
+            Ok(env.ready(&checks).await? == 0)
+        })
+        .await?;
+    assert!(taken, "the consumer never took the messages");
+
+    delete_work_queue(&env).await?;
+    let log = consumer.log().to_owned();
+    let rehomed = env
+        .eventually(Duration::from_secs(3), || async {
+            Ok(std::fs::read_to_string(&log)?.contains("re-published the deliveries in hand"))
+        })
+        .await?;
+    let stored_then: i64 = sqlx::query_scalar("SELECT count(*) FROM objects")
+        .fetch_one(&env.pool)
+        .await?;
+    consumer.kill9().await?;
+    assert_eq!(
+        stored_then, 0,
+        "checks finished before the kill, so the kill tested nothing"
+    );
+    assert!(
+        rehomed,
+        "the consumer did not say within 3 s of the deletion that it re-published what it \
+         held: {}",
+        std::fs::read_to_string(&log)?
+    );
+
+    env.start_consumer(&[])?;
+    let stored = env.stored_within(&ids, Duration::from_secs(30)).await?;
+    let kept: Vec<i64> = sqlx::query_scalar("SELECT id FROM objects ORDER BY id")
+        .fetch_all(&env.pool)
+        .await?;
+    assert!(
+        stored,
+        "ids lost with the consumer killed after its queue was deleted and what it held \
+         re-published: stored {} of {}: {kept:?}; its log: {}",
+        kept.len(),
+        ids.len(),
+        std::fs::read_to_string(&log)?
     );
     env.teardown().await
 }

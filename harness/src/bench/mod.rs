@@ -55,7 +55,7 @@ pub struct BenchArgs {
     #[arg(long, env = "BENCH_CEILING_SECS", default_value_t = 10)]
     pub ceiling_secs: u64,
     /// Status calls in flight per consumer, passed as MAX_CHECKS_IN_FLIGHT.
-    #[arg(long, env = "BENCH_MAX_CHECKS_IN_FLIGHT", default_value_t = 12_000)]
+    #[arg(long, env = "BENCH_MAX_CHECKS_IN_FLIGHT", default_value_t = 13_000)]
     pub max_checks_in_flight: u32,
     /// Distinct ids in one callback.
     #[arg(long, env = "BENCH_IDS_PER_CALLBACK", default_value_t = 200)]
@@ -77,7 +77,7 @@ pub struct BenchArgs {
     #[arg(long, env = "BENCH_IDS_PER_MESSAGE", default_value_t = 50)]
     pub ids_per_message: u32,
     /// Prefetch per consumer, passed as PREFETCH.
-    #[arg(long, env = "BENCH_PREFETCH", default_value_t = 500)]
+    #[arg(long, env = "BENCH_PREFETCH", default_value_t = 1000)]
     pub prefetch: u16,
     /// Status delay range (ms), as the status service's.
     #[arg(long, env = "BENCH_DELAY_MIN_MS", default_value_t = 300)]

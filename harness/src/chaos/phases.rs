@@ -41,7 +41,7 @@ const RETRY_BASE_MS: u64 = 200;
 const RETRY_MAX_MS: u64 = 2000;
 /// Status calls in flight per consumer. After an outage each consumer holds a full
 /// prefetch (500 messages of up to 50 ids) and would open one connection per id up to the
-/// default 12,000; two of them would exhaust the simulator's open-file limit (20,000 on
+/// default 13,000; two of them would exhaust the simulator's open-file limit (20,000 on
 /// the development machine) and add connection failures the schedule did not ask for.
 const MAX_CHECKS_IN_FLIGHT: u32 = 4000;
 /// Long, so every row stays until it is verified while the sweeper still runs.
@@ -220,7 +220,7 @@ impl Setup<'_> {
         let (rows, expiries) = verify::read_store(&pool).await?;
         let webhook = webhook::figures(&receiver, &pool).await?;
         let deadlines = match &planted {
-            Some(planted) => Some(deadlines::verify(planted, &pool).await?),
+            Some(planted) => Some(deadlines::verify(planted, &pool, &dead).await?),
             None => None,
         };
         pool.close().await;

@@ -257,9 +257,11 @@ pub fn markdown(r: &ChaosResult) -> String {
             "deadlines passed while PostgreSQL was down".to_owned(),
             r.deadlines.as_ref().map_or("not run".to_owned(), |d| {
                 format!(
-                    "{} of {} objects' deadlines in the outage; expired exactly once: {} (twice or more: {}, never: {}); `object.expired` notifications {}, unpublished {}",
+                    "{} of {} objects' deadlines in the outage ({} online ids dead-lettered, {} lost); expired exactly once: {} (twice or more: {}, never: {}); `object.expired` notifications {}, unpublished {}",
                     n(d.deadlines_during_outage),
                     n(d.online_ids),
+                    n(d.dead_lettered),
+                    n(d.lost),
                     n(d.expired_once),
                     n(d.expired_twice_or_more),
                     n(d.never_expired),
@@ -357,8 +359,9 @@ const FOOTNOTES: &str = "
   queue when the fault deleted it count as dead letters with the reason \"deleted with
   the work queue\": an admin's deletion removes them, not the pipeline.
 - *deadlines*: 1,000 ids (500 online) sent with a 20 s TTL before PostgreSQL is stopped,
-  2 s before the first of their deadlines; each must be expired exactly once, with one
-  `object.expired` notification, published.
+  2 s before the first of their deadlines still ahead once they are stored (up to 180 s);
+  each stored must be expired exactly once, with one `object.expired` notification,
+  published; an online id never stored must be in a dead letter (else it is lost).
 - *webhook*: two sweepers deliver every notification to a receiver that takes 3 s over
   each request; far more notifications are made than it can take in the run, so many are
   pending at the end. None may be given up on; a second request for one comes only

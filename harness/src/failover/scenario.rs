@@ -95,7 +95,7 @@ impl Setup<'_> {
             tag: "[failover]",
         };
         let outcome = ending.collect(pipeline, &pool, &load).await?;
-        let deadline_verdict = deadlines::verify(&planted, &pool).await?;
+        let deadline_verdict = deadlines::verify(&planted, &pool, &outcome.dead_letters).await?;
         pool.close().await;
         Ok(FailoverResult {
             run,

@@ -116,9 +116,9 @@ pub async fn drop_before(
 }
 
 /// How many notifications wait to be published.
-pub async fn count_pending(pool: &sqlx::PgPool) -> sqlx::Result<i64> {
+pub async fn count_pending(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM notifications WHERE published_at IS NULL")
-        .fetch_one(pool)
+        .fetch_one(db)
         .await
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, Postgres};
 
 use crate::ObjectId;
 
@@ -125,6 +125,9 @@ pub async fn upsert_sightings(
     // online object costs what it did; it is one row per object in `object_last_expiry`,
     // not a search through every day partition of `object_expiries`.
     // `xmax = 0` on a returned row: it was inserted, not updated.
+    // Planned afresh for each batch (`persistent(false)`: an unnamed statement): a plan
+    // PostgreSQL cached for a prepared statement while the tables were small (sequential
+    // scans and hash joins) was kept as they grew, and every batch read both tables whole.
     let written: Vec<UpsertedRow> = sqlx::query_as(
         "WITH s AS (
              SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::timestamptz[],
@@ -134,8 +137,15 @@ pub async fn upsert_sightings(
              SELECT s.id, s.seen, s.expires, s.stale, prev.expires_at AS prev_deadline,
                     prev.last_seen AS prev_last_seen, prev.expired_at AS prev_expired_at
              FROM s
-             LEFT JOIN objects o ON o.id = s.id
-             LEFT JOIN object_last_expiry prev ON o.id IS NULL AND prev.object_id = s.id
+             -- One primary-key probe per sighting, whatever the planner thinks of the
+             -- tables' sizes (a LIMIT keeps each lookup a subquery of its own): joined,
+             -- a large batch was planned as a hash join over a sequential scan of both.
+             LEFT JOIN LATERAL (SELECT o.id FROM objects o WHERE o.id = s.id LIMIT 1) o
+                 ON true
+             LEFT JOIN LATERAL (SELECT p.expires_at, p.last_seen, p.expired_at
+                                FROM object_last_expiry p
+                                WHERE o.id IS NULL AND p.object_id = s.id LIMIT 1) prev
+                 ON true
          ), up AS (
              INSERT INTO objects (id, first_seen, last_seen, expires_at, stale_at)
              SELECT id, seen, seen, expires, stale FROM judged
@@ -163,6 +173,7 @@ pub async fn upsert_sightings(
     .bind(&seen)
     .bind(&expires)
     .bind(&stale)
+    .persistent(false)
     .fetch_all(conn)
     .await?;
     let in_the_past = rows.len() - written.len();
@@ -371,11 +382,21 @@ pub async fn mark_stale(conn: &mut PgConnection, due: Due, limit: i64) -> sqlx::
         .collect())
 }
 
-/// How many objects are stale now (read through their own small index).
-pub async fn stale_count(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM objects WHERE stale_since IS NOT NULL")
-        .fetch_one(pool)
-        .await
+/// How many objects are stale now, read through their own small index: on a table not
+/// analyzed yet PostgreSQL takes `stale_since IS NOT NULL` to hold for nearly every row
+/// and would scan it whole (the sweeper counts every second), so sequential scans are
+/// ruled out for this one statement: in a transaction (or savepoint) of its own, rolled
+/// back, which undoes the setting.
+pub async fn stale_count<'a>(db: impl sqlx::Acquire<'a, Database = Postgres>) -> sqlx::Result<i64> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await?;
+    let count = sqlx::query_scalar("SELECT count(*) FROM objects WHERE stale_since IS NOT NULL")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.rollback().await?;
+    Ok(count)
 }
 
 /// The earliest deadline, stale or expiry, at or after `from` (the watermark the last
@@ -383,7 +404,7 @@ pub async fn stale_count(pool: &PgPool) -> sqlx::Result<i64> {
 /// it that are still there are held or locked; they are looked at again on the next
 /// sweep.
 pub async fn next_deadline(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     from: DateTime<Utc>,
 ) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar(
@@ -392,6 +413,6 @@ pub async fn next_deadline(
                        WHERE stale_at >= $1 AND stale_since IS NULL))",
     )
     .bind(from)
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
 }
