@@ -443,11 +443,8 @@ impl Outcome {
         if self.drained_after_secs.is_none() {
             failures.push("the work and retry queues did not drain".into());
         }
-        if !self.unexpected_exits.is_empty() {
-            failures.push(format!(
-                "{} processes exited unexpectedly",
-                self.unexpected_exits.len()
-            ));
+        for exit in &self.unexpected_exits {
+            failures.push(exit.to_string());
         }
         failures
     }

@@ -221,6 +221,52 @@ impl Process {
 pub struct UnexpectedExit {
     pub name: String,
     pub status: String,
+    /// The last line its log held then (what it said on its way out), if any.
+    pub last_log_line: Option<String>,
+}
+
+impl UnexpectedExit {
+    /// `name`'s exit with `status`, and the last line of its log in `logs`.
+    fn new(logs: &Path, name: &str, status: String) -> Self {
+        Self {
+            name: name.to_owned(),
+            status,
+            last_log_line: last_line(&logs.join(format!("{name}.log"))),
+        }
+    }
+}
+
+impl std::fmt::Display for UnexpectedExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} exited unexpectedly: {}", self.name, self.status)?;
+        if let Some(line) = &self.last_log_line {
+            write!(f, " (its last log line: {line})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The last non-empty line of the file at `path`, without terminal colours, cut to 400
+/// characters.
+fn last_line(path: &Path) -> Option<String> {
+    let text = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence runs to its final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    Some(plain.chars().take(400).collect())
 }
 
 /// A pipeline's processes by name, from one folder of binaries, each logging to
@@ -284,10 +330,8 @@ impl Supervisor {
     pub fn check_exits(&mut self) {
         for (name, process) in &mut self.procs {
             if let Some(status) = process.exited() {
-                self.unexpected.push(UnexpectedExit {
-                    name: name.clone(),
-                    status: describe(status),
-                });
+                self.unexpected
+                    .push(UnexpectedExit::new(&self.logs, name, describe(status)));
             }
         }
     }
@@ -306,7 +350,10 @@ impl Supervisor {
                 continue;
             };
             let stopped = process.stop(grace).await;
-            self.unexpected.extend(unclean(name, stopped, grace));
+            if let Some(status) = unclean(stopped, grace) {
+                self.unexpected
+                    .push(UnexpectedExit::new(&self.logs, name, status));
+            }
         }
     }
 
@@ -319,23 +366,22 @@ impl Supervisor {
         }
         for (name, process) in &mut self.procs {
             let stopped = process.wait_or_kill(grace).await;
-            self.unexpected.extend(unclean(name, stopped, grace));
+            if let Some(status) = unclean(stopped, grace) {
+                self.unexpected
+                    .push(UnexpectedExit::new(&self.logs, name, status));
+            }
         }
     }
 }
 
-/// A stop on SIGTERM that was not a clean exit.
-fn unclean(name: &str, stopped: Stopped, grace: Duration) -> Option<UnexpectedExit> {
-    let status = match stopped {
-        Stopped::Exited(status) if status.success() => return None,
-        Stopped::NotRunning => return None,
-        Stopped::Exited(status) => format!("on SIGTERM: {}", describe(status)),
-        Stopped::Killed => format!("did not stop within {grace:?} of SIGTERM; killed"),
-    };
-    Some(UnexpectedExit {
-        name: name.to_owned(),
-        status,
-    })
+/// How a stop on SIGTERM was not a clean exit, if it was not.
+fn unclean(stopped: Stopped, grace: Duration) -> Option<String> {
+    match stopped {
+        Stopped::Exited(status) if status.success() => None,
+        Stopped::NotRunning => None,
+        Stopped::Exited(status) => Some(format!("on SIGTERM: {}", describe(status))),
+        Stopped::Killed => Some(format!("did not stop within {grace:?} of SIGTERM; killed")),
+    }
 }
 
 /// An exit status in words.
@@ -345,5 +391,32 @@ pub fn describe(status: ExitStatus) -> String {
         (Some(code), _) => format!("exit code {code}"),
         (None, Some(signal)) => format!("killed by signal {signal}"),
         (None, None) => status.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exit_names_the_last_line_its_log_held_without_colours() {
+        let dir = std::env::temp_dir().join(format!("harness-last-line-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("consumer-1.log"),
+            "first\n\u{1b}[2m2026-12-02\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m cannot go on\n\n",
+        )
+        .unwrap();
+        let exit = UnexpectedExit::new(&dir, "consumer-1", "exit code 1".into());
+        let absent = UnexpectedExit::new(&dir, "consumer-2", "exit code 1".into());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            exit.to_string(),
+            "consumer-1 exited unexpectedly: exit code 1 (its last log line: 2026-12-02 ERROR cannot go on)"
+        );
+        assert_eq!(
+            absent.to_string(),
+            "consumer-2 exited unexpectedly: exit code 1"
+        );
     }
 }

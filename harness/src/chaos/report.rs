@@ -89,10 +89,7 @@ impl ChaosResult {
             }
         }
         for exit in &self.unexpected_exits {
-            failures.push(format!(
-                "{} exited unexpectedly: {}",
-                exit.name, exit.status
-            ));
+            failures.push(exit.to_string());
         }
         for file in &self.logs.panics {
             failures.push(format!("a panic in {file}"));
