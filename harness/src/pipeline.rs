@@ -446,6 +446,9 @@ impl Outcome {
         for exit in &self.unexpected_exits {
             failures.push(exit.to_string());
         }
+        for file in &self.logs.panics {
+            failures.push(format!("a panic in {file}"));
+        }
         failures
     }
 
