@@ -64,8 +64,9 @@ pub struct Config {
     #[arg(long, env = "RETRY_MAX_MS", default_value = "60000", value_parser = parse_positive_millis)]
     pub retry_max_ms: Duration,
 
-    /// Longest a shutdown waits for in-flight checks to finish (milliseconds); what is
-    /// left unacked is redelivered to another consumer.
+    /// Longest a shutdown waits for in-flight checks to finish (milliseconds), and as
+    /// much again for the last batch's write; what is left unacked is redelivered to
+    /// another consumer. The whole stop takes at most twice this plus 3 s.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_millis)]
     pub shutdown_timeout_ms: Duration,
 
@@ -99,6 +100,17 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+impl Config {
+    /// Longest stop after the signal: `SHUTDOWN_TIMEOUT_MS` for the checks in flight, as
+    /// much again for the writer's last batch, then closing
+    /// ([`lastseen::shutdown::STOP_MARGIN`]).
+    pub fn stop_limit(&self) -> Duration {
+        self.shutdown_timeout_ms
+            .saturating_mul(2)
+            .saturating_add(lastseen::shutdown::STOP_MARGIN)
+    }
 }
 
 fn parse_flush_millis(s: &str) -> Result<Duration, String> {

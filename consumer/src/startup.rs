@@ -53,8 +53,16 @@ impl Application {
         Self { config }
     }
 
-    /// Consumes until `shutdown` fires, reconnecting after any RabbitMQ failure.
+    /// Consumes until `shutdown` fires, reconnecting after any RabbitMQ failure, and
+    /// stops within [`Config::stop_limit`] of it.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let limit = self.config.stop_limit();
+        lastseen::shutdown::bounded(self.run(shutdown.clone()), &shutdown, limit)
+            .await
+            .unwrap_or(Ok(()))
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config;
         let deadlines = Deadlines::new(config.object_ttl_secs, config.object_stale_after_secs)?;
         let open_files = lastseen::limits::raise_open_files();

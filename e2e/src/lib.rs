@@ -290,6 +290,11 @@ impl TestEnv {
         }))
     }
 
+    /// How many components were started; the last one's index is one less.
+    pub fn components(&self) -> usize {
+        self.components.len()
+    }
+
     /// Stops one component gracefully and waits for it.
     pub async fn stop(&mut self, index: usize) -> anyhow::Result<()> {
         let (name, token, handle) = &mut self.components[index];

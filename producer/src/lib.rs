@@ -15,4 +15,4 @@ pub use callback::{BodyError, CallbackRequest, check_messages};
 pub use config::Config;
 pub use publisher::{CallbackPublisher, PublishError};
 pub use spool::{Spool, SpoolError};
-pub use startup::Application;
+pub use startup::{Application, STOP_LIMIT};

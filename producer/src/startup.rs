@@ -19,7 +19,11 @@ use crate::publisher::CallbackPublisher;
 use crate::spool::Spool;
 
 /// How long shutdown waits for in-flight callbacks to finish.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Longest stop after the signal: the grace, then closing (a spooled callback the drain
+/// was publishing stays in the spool, published again on the next start).
+pub const STOP_LIMIT: Duration = SHUTDOWN_GRACE.saturating_add(lastseen::shutdown::STOP_MARGIN);
 
 /// A producer bound to its port, ready to serve.
 pub struct Application {
@@ -202,7 +206,14 @@ impl Application {
     /// Serves until `shutdown` fires, then finishes in-flight callbacks and closes. Stops
     /// the same way, and returns the error, when RabbitMQ refuses the settings: no retry
     /// can fix that, and callbacks must not pile up in the spool while nobody notices.
+    /// Stops within [`STOP_LIMIT`] of `shutdown`.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        lastseen::shutdown::bounded(self.run(shutdown.clone()), &shutdown, STOP_LIMIT)
+            .await
+            .unwrap_or(Ok(()))
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "producer listening");
         let stopping = shutdown.child_token();
         let (reads_stop, stopped) = (self.reads_stop.clone(), stopping.clone());

@@ -27,6 +27,11 @@ use crate::webhook::{self, WebhookSettings};
 /// Pause after a failed round, so an outage is retried without spinning.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// Longest stop after the signal: a sweep transaction in flight (2 s), then closing; a
+/// sweep cut off rolls back and is done again by the next sweep.
+pub const STOP_LIMIT: Duration =
+    Duration::from_secs(2).saturating_add(lastseen::shutdown::STOP_MARGIN);
+
 /// How often the relay looks for pending notifications when no sweep woke it.
 const RELAY_POLL: Duration = Duration::from_millis(100);
 
@@ -46,9 +51,16 @@ impl Application {
         Self { config }
     }
 
-    /// Sweeps and relays until `shutdown` fires; a round in progress is finished first.
-    /// Stops the same way, and returns the error, when RabbitMQ refuses the settings.
+    /// Sweeps and relays until `shutdown` fires; a round in progress is finished first,
+    /// and the sweeper stops within [`STOP_LIMIT`] of it. Stops the same way, and returns
+    /// the error, when RabbitMQ refuses the settings.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        lastseen::shutdown::bounded(self.run(shutdown.clone()), &shutdown, STOP_LIMIT)
+            .await
+            .unwrap_or(Ok(()))
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config;
         // Cancelled by the signal, or by the relay when no retry can fix its error.
         let shutdown = shutdown.child_token();

@@ -32,5 +32,6 @@ mod slow_clients;
 mod spool;
 mod stale;
 mod status_page;
+mod stops;
 mod tls;
 mod webhook;
