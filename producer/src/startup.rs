@@ -208,9 +208,16 @@ impl Application {
     /// can fix that, and callbacks must not pile up in the spool while nobody notices.
     /// Stops within [`STOP_LIMIT`] of `shutdown`.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        lastseen::shutdown::bounded(self.run(shutdown.clone()), &shutdown, STOP_LIMIT)
-            .await
-            .unwrap_or(Ok(()))
+        let spool = self.spool.clone();
+        match lastseen::shutdown::bounded(self.run(shutdown.clone()), &shutdown, STOP_LIMIT).await {
+            Some(ended) => ended,
+            // Cut short (a drain round waiting on a silent broker): the spool's writer
+            // still commits what it was given (local disk only), as on a whole stop.
+            None => {
+                spool.close().await;
+                Ok(())
+            }
+        }
     }
 
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {

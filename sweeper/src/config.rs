@@ -98,6 +98,17 @@ pub struct Config {
     pub log: LogArgs,
 }
 
+impl Config {
+    /// Longest stop after the signal: the transactions in flight (2 s) or a webhook
+    /// request in flight (`NOTIFY_WEBHOOK_TIMEOUT_MS`), whichever is longer, then closing
+    /// ([`lastseen::shutdown::STOP_MARGIN`]).
+    pub fn stop_limit(&self) -> Duration {
+        self.notify_webhook_timeout_ms
+            .max(Duration::from_secs(2))
+            .saturating_add(lastseen::shutdown::STOP_MARGIN)
+    }
+}
+
 /// The HMAC key of the webhook's signatures; never shown, not even by `Debug`.
 #[derive(Clone)]
 pub struct WebhookKey(pub Vec<u8>);

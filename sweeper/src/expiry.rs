@@ -12,6 +12,7 @@ use lastseen::progress::REPORT_EVERY;
 use lastseen::store::{notifications, objects};
 use lastseen::topology::{DIGEST_ROUTING_KEY, EXPIRED_ROUTING_KEY};
 use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
 
 use crate::stale;
 
@@ -40,23 +41,30 @@ pub enum Pass {
 /// object due for both (the sweepers were down) says `object.stale` before
 /// `object.expired`; expiry waits for that mark (see `objects::expire_due`). Returns how
 /// many were marked stale and how many expired.
+/// Once `stop` fires no further transaction starts (those running commit), so a stop
+/// is not held up by a mass expiry; what is left is due for the next sweep.
 pub async fn sweep(
     pool: &PgPool,
     batch: u32,
     workers: u32,
     watermark: &Watermark,
     max_hold: Duration,
+    stop: &CancellationToken,
 ) -> sqlx::Result<(u64, u64)> {
     let sweep = Sweep {
         pool,
         batch,
         watermark,
         max_hold,
+        stop,
     };
     let mut done = [0; 2];
     for (pass, count) in [Pass::Stale, Pass::Expiry].into_iter().zip(&mut done) {
+        if stop.is_cancelled() {
+            break;
+        }
         *count = sweep.batch(pass).await?;
-        if *count < u64::from(batch) {
+        if *count < u64::from(batch) || stop.is_cancelled() {
             continue;
         }
         let chains = (0..workers.max(1)).map(|_| sweep.chain(pass));
@@ -75,6 +83,7 @@ struct Sweep<'a> {
     batch: u32,
     watermark: &'a Watermark,
     max_hold: Duration,
+    stop: &'a CancellationToken,
 }
 
 impl Sweep<'_> {
@@ -85,7 +94,7 @@ impl Sweep<'_> {
         loop {
             let count = self.batch(pass).await?;
             total += count;
-            if count < u64::from(self.batch) {
+            if count < u64::from(self.batch) || self.stop.is_cancelled() {
                 return Ok(total);
             }
         }

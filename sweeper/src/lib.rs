@@ -13,4 +13,4 @@ mod watermark;
 pub mod webhook;
 
 pub use config::Config;
-pub use startup::{Application, STOP_LIMIT};
+pub use startup::Application;

@@ -27,11 +27,6 @@ use crate::webhook::{self, WebhookSettings};
 /// Pause after a failed round, so an outage is retried without spinning.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-/// Longest stop after the signal: a sweep transaction in flight (2 s), then closing; a
-/// sweep cut off rolls back and is done again by the next sweep.
-pub const STOP_LIMIT: Duration =
-    Duration::from_secs(2).saturating_add(lastseen::shutdown::STOP_MARGIN);
-
 /// How often the relay looks for pending notifications when no sweep woke it.
 const RELAY_POLL: Duration = Duration::from_millis(100);
 
@@ -51,11 +46,13 @@ impl Application {
         Self { config }
     }
 
-    /// Sweeps and relays until `shutdown` fires; a round in progress is finished first,
-    /// and the sweeper stops within [`STOP_LIMIT`] of it. Stops the same way, and returns
-    /// the error, when RabbitMQ refuses the settings.
+    /// Sweeps and relays until `shutdown` fires; the transactions and webhook requests
+    /// in progress are finished first, and the sweeper stops within
+    /// [`Config::stop_limit`] of it. Stops the same way, and returns the error, when
+    /// RabbitMQ refuses the settings.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        lastseen::shutdown::bounded(self.run(shutdown.clone()), &shutdown, STOP_LIMIT)
+        let limit = self.config.stop_limit();
+        lastseen::shutdown::bounded(self.run(shutdown.clone()), &shutdown, limit)
             .await
             .unwrap_or(Ok(()))
     }
@@ -157,6 +154,7 @@ impl Application {
                 config.sweep_workers,
                 &watermark,
                 max_hold,
+                &shutdown,
             )
             .await
             {
