@@ -19,7 +19,7 @@ use crate::publisher::CallbackPublisher;
 use crate::spool::Spool;
 
 /// How long shutdown waits for in-flight callbacks to finish.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Longest stop after the signal: the grace, then closing (a spooled callback the drain
 /// was publishing stays in the spool, published again on the next start).
