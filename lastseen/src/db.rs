@@ -121,7 +121,7 @@ pub async fn connect_and_migrate(
     cancel: &CancellationToken,
 ) -> Result<PgPool, DbError> {
     let url = tls.postgres_url(&args.database_url);
-    let options = PgConnectOptions::from_str(&url).map_err(DbError::Url)?;
+    let options = named(PgConnectOptions::from_str(&url).map_err(DbError::Url)?);
     let prepare = || async {
         if !Postgres::database_exists(&url).await? {
             // Two processes may race here; losing the race is fine.
@@ -151,6 +151,31 @@ pub async fn connect_and_migrate(
     }
 }
 
+/// Names the connections after the program (`application_name` `lastseen-consumer`, ...),
+/// so `pg_stat_activity` tells an administrator which process holds which connection;
+/// one the URL (or `PGAPPNAME`) gives is kept.
+fn named(options: PgConnectOptions) -> PgConnectOptions {
+    if options.get_application_name().is_some() {
+        return options;
+    }
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.file_stem()?.to_str()?.to_owned()));
+    match program {
+        Some(program) => options.application_name(&application_name(&program)),
+        None => options,
+    }
+}
+
+/// The `application_name` of a program's connections: `lastseen-` and its name.
+pub fn application_name(program: &str) -> String {
+    if program.starts_with("lastseen") {
+        program.to_owned()
+    } else {
+        format!("lastseen-{program}")
+    }
+}
+
 /// Longest a read API statement may run before PostgreSQL cancels it.
 const READ_STATEMENT_TIMEOUT_MS: u32 = 5_000;
 
@@ -169,4 +194,28 @@ pub fn read_pool(url: &str, tls: &TlsArgs, max_connections: u32) -> Result<PgPoo
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_lazy_with(options))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_named_after_the_program_unless_the_url_names_them() {
+        assert_eq!(application_name("consumer"), "lastseen-consumer");
+        assert_eq!(application_name("lastseenctl"), "lastseenctl");
+        let unnamed = PgConnectOptions::from_str("postgres://u@127.0.0.1/db").expect("a URL");
+        let program = std::env::current_exe().expect("this test's program");
+        let program = program
+            .file_stem()
+            .and_then(|p| p.to_str())
+            .expect("a name");
+        assert_eq!(
+            named(unnamed).get_application_name(),
+            Some(application_name(program).as_str())
+        );
+        let given = PgConnectOptions::from_str("postgres://u@127.0.0.1/db?application_name=ours")
+            .expect("a URL");
+        assert_eq!(named(given).get_application_name(), Some("ours"));
+    }
 }

@@ -314,3 +314,67 @@ async fn a_request_id_follows_the_callback_into_the_consumer_logs() -> anyhow::R
     }
     env.teardown().await
 }
+
+/// The `application_name` of every connection to the test's database, sorted.
+async fn connection_names(env: &TestEnv) -> anyhow::Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT application_name FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid() ORDER BY 1",
+    )
+    .bind(env.database_name())
+    .fetch_all(&env.pool)
+    .await?)
+}
+
+/// An administrator tells in `pg_stat_activity` which process holds a connection: each
+/// binary names its own (`lastseen-consumer`, `lastseen-sweeper`), and a name the
+/// operator gave in `DATABASE_URL` is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_binary_names_its_postgresql_connections() -> anyhow::Result<()> {
+    let env = TestEnv::start(Status::quick_all_online()).await?;
+    let base = env.process_env();
+    let (_consumer, consumer) = start_on_free_port("consumer", &base, &[])?;
+    let (_sweeper, sweeper) = start_on_free_port("sweeper", &base, &[])?;
+    for endpoint in [&consumer, &sweeper] {
+        until_status(endpoint, "ready", Duration::from_secs(60)).await?;
+    }
+    let wanted = ["lastseen-consumer", "lastseen-sweeper"];
+    let named = env
+        .eventually(Duration::from_secs(10), || async {
+            let names = connection_names(&env).await?;
+            Ok(wanted.iter().all(|w| names.iter().any(|n| n == w)))
+        })
+        .await?;
+    assert!(
+        named,
+        "connections named {:?}, wanted {wanted:?} among them",
+        connection_names(&env).await?
+    );
+
+    let separator = if env.database_url.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let own_name = format!(
+        "{}{separator}application_name=night-sweeper",
+        env.database_url
+    );
+    let (_named_sweeper, named_sweeper) =
+        start_on_free_port("sweeper", &with(base, &[("DATABASE_URL", own_name)]), &[])?;
+    until_status(&named_sweeper, "ready", Duration::from_secs(60)).await?;
+    let kept = env
+        .eventually(Duration::from_secs(10), || async {
+            Ok(connection_names(&env)
+                .await?
+                .iter()
+                .any(|n| n == "night-sweeper"))
+        })
+        .await?;
+    assert!(
+        kept,
+        "the name in DATABASE_URL was not kept: connections named {:?}",
+        connection_names(&env).await?
+    );
+    env.teardown().await
+}

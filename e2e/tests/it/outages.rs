@@ -38,12 +38,16 @@ async fn consumer_reconnects_after_its_broker_connection_drops_and_stores_every_
             Ok(env.object_ids().await? == evens)
         })
         .await?;
-    assert!(
-        all_stored,
-        "stored after the reconnect: {:?}",
-        env.object_ids().await?
-    );
     let topology = env.topology();
+    if !all_stored {
+        // What a failure needs to be read: where the messages are, and who listens.
+        let counts = env.broker.counts(&topology.checks_queue).await;
+        let dead = env.ready(&topology.dead_letter_queue).await;
+        panic!(
+            "stored 30 s after the reconnect: {:?}; work queue {counts:?} (a consumer that never came back has 0 consumers), dead letters {dead:?}",
+            env.object_ids().await?
+        );
+    }
     let drained = env
         .eventually(Duration::from_secs(10), || async {
             Ok(env.ready(&topology.checks_queue).await? == 0)

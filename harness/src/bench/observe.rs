@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::load::{LoadCounters, Tracked};
-use super::usage::{Usage, UsageSampler};
+use super::usage::{PostgresClients, Usage, UsageSampler};
 use crate::broker_admin::BrokerAdmin;
 use tester::serve::delay_for_id;
 
@@ -43,6 +43,8 @@ pub struct Observed {
     pub lag_us: Histogram<u64>,
     pub lag_lost: u64,
     pub usage: HashMap<String, Usage>,
+    /// The pipeline's PostgreSQL CPU seconds by client (see `UsageSampler`).
+    pub postgres_by_client: HashMap<String, f64>,
     pub peak_in_flight: u64,
     pub drained_after: Option<Duration>,
 }
@@ -75,6 +77,22 @@ pub async fn last_seen_of(
     .persistent(false)
     .fetch_all(pool)
     .await
+}
+
+/// Whom each PostgreSQL backend works for (its `application_name`, or for the server's
+/// own processes its `backend_type`); empty when PostgreSQL does not answer.
+async fn postgres_clients(pool: &PgPool) -> PostgresClients {
+    let rows: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT pid, CASE WHEN backend_type = 'client backend' THEN application_name
+                          ELSE backend_type END
+         FROM pg_stat_activity",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    rows.into_iter()
+        .filter_map(|(pid, client)| Some((u32::try_from(pid).ok()?, client)))
+        .collect()
 }
 
 /// Waits (up to 30 s) until `url` answers 2xx.
@@ -158,7 +176,7 @@ impl Observer {
                     });
                 }
                 _ = every_second.tick() => {
-                    sampler.sample(&pids);
+                    sampler.sample(&pids, &postgres_clients(&self.pool).await);
                     let t = started.elapsed();
                     let ready = broker.counts(&self.checks_queue).await.map_or(0, |c| c.ready);
                     let sim = self.simulator(&http).await;
@@ -208,6 +226,7 @@ impl Observer {
             lag_us,
             lag_lost,
             usage: sampler.usage(),
+            postgres_by_client: sampler.postgres_by_client(),
             peak_in_flight,
             drained_after,
         })

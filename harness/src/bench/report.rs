@@ -13,6 +13,7 @@ use super::BenchArgs;
 use super::load::{LoadCounters, LoadOutcome};
 use super::observe::{Observed, Sample};
 use super::raw::RawRates;
+use super::usage::BENCH_OWN_POSTGRES;
 
 /// The ceiling: the status calls alone at the simulators' real delays, with the
 /// consumers' concurrency, measured in the same run before the pipeline starts.
@@ -65,8 +66,13 @@ pub struct RunResult {
     /// CPU seconds per 1,000 ids stored, by process (RabbitMQ's and PostgreSQL's
     /// processes each summed), over the whole observation (load and drain).
     pub cpu_secs_per_1k_ids: BTreeMap<String, f64>,
-    /// The same for every process but the status simulators (the outside world).
+    /// The same for every process but the status simulators (the outside world) and
+    /// the bench's own PostgreSQL queries.
     pub cpu_secs_per_1k_ids_pipeline: f64,
+    /// PostgreSQL's share of that, by client: the backends of the consumers, the
+    /// sweeper, the read API (`reader`), the bench's stand-in for autovacuum, and the
+    /// server's own processes (`walwriter`, `checkpointer`, ..., `server`).
+    pub postgresql_cpu_secs_per_1k_ids_by_client: BTreeMap<String, f64>,
     /// The consumers' peak resident memory over the peak checks in flight, KB per check.
     pub consumer_kb_per_check_in_flight: Option<f64>,
     pub ceiling: Option<Ceiling>,
@@ -185,10 +191,16 @@ pub fn summarize(
         observed
             .usage
             .iter()
-            .filter(|(k, _)| !k.starts_with("status"))
+            .filter(|(k, _)| !k.starts_with("status") && k.as_str() != BENCH_OWN_POSTGRES)
             .map(|(_, u)| u.cpu_secs)
             .sum(),
     );
+    let postgresql_cpu_secs_per_1k_ids_by_client: BTreeMap<String, f64> = observed
+        .postgres_by_client
+        .iter()
+        .map(|(client, secs)| (client.clone(), per_1k(*secs)))
+        .filter(|(_, per)| *per > 0.0)
+        .collect();
     let consumer_rss_mb: f64 = observed
         .usage
         .iter()
@@ -242,6 +254,7 @@ pub fn summarize(
             .collect(),
         cpu_secs_per_1k_ids,
         cpu_secs_per_1k_ids_pipeline,
+        postgresql_cpu_secs_per_1k_ids_by_client,
         consumer_kb_per_check_in_flight,
         ceiling: None,
         fraction_of_ceiling: None,
@@ -376,6 +389,17 @@ pub fn markdown(r: &RunResult) -> String {
             r.cpu_secs_per_1k_ids.get(name).copied().unwrap_or(0.0),
             r.rss_mb.get(name).copied().unwrap_or(0.0)
         ));
+    }
+    if !r.postgresql_cpu_secs_per_1k_ids_by_client.is_empty() {
+        s.push_str(
+            "\n| PostgreSQL's backends, by client | CPU-s per 1,000 ids stored |\n|---|---:|\n",
+        );
+        let mut clients: Vec<(&String, &f64)> =
+            r.postgresql_cpu_secs_per_1k_ids_by_client.iter().collect();
+        clients.sort_by(|a, b| b.1.total_cmp(a.1));
+        for (client, per) in clients {
+            s.push_str(&format!("| {client} | {per:.3} |\n"));
+        }
     }
     if let Some(raw) = &r.raw {
         s.push_str(&format!(

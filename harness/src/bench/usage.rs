@@ -15,11 +15,24 @@ pub struct Usage {
     pub peak_rss_mb: f64,
 }
 
-/// Samples `/proc` for named pids and for the RabbitMQ and PostgreSQL servers.
+/// The group of the bench's own PostgreSQL backends (its observer's lookups, counts
+/// and this sampling): shown, but not part of the pipeline's cost.
+pub const BENCH_OWN_POSTGRES: &str = "postgresql: the bench's own queries";
+
+/// Whom each PostgreSQL backend works for: its `application_name` (or, for the server's
+/// own processes, its `backend_type`), by pid, as `pg_stat_activity` tells.
+pub type PostgresClients = HashMap<u32, String>;
+
+/// Samples `/proc` for named pids and for the RabbitMQ and PostgreSQL servers. CPU is
+/// summed from each pid's growth between samples, so a backend that exits takes only
+/// its last second with it, and a PostgreSQL backend's time goes to its client.
 pub struct UsageSampler {
     started: Instant,
-    first_ticks: HashMap<String, u64>,
-    last_ticks: HashMap<String, u64>,
+    /// Each pid's CPU ticks at the last sample; empty before the first.
+    last_by_pid: HashMap<u32, u64>,
+    sampled: bool,
+    ticks: HashMap<String, u64>,
+    postgres_ticks_by_client: HashMap<String, u64>,
     peak_rss_kb: HashMap<String, u64>,
     ticks_per_sec: f64,
 }
@@ -28,40 +41,75 @@ impl UsageSampler {
     pub fn new() -> Self {
         Self {
             started: Instant::now(),
-            first_ticks: HashMap::new(),
-            last_ticks: HashMap::new(),
+            last_by_pid: HashMap::new(),
+            sampled: false,
+            ticks: HashMap::new(),
+            postgres_ticks_by_client: HashMap::new(),
             peak_rss_kb: HashMap::new(),
             // Linux reports CPU time in USER_HZ, 100 on every mainstream platform.
             ticks_per_sec: 100.0,
         }
     }
 
-    /// Takes one sample of the given processes plus `rabbitmq` and `postgresql`.
-    pub fn sample(&mut self, named: &[(String, u32)]) {
-        let mut groups: HashMap<String, (u64, u64)> = HashMap::new();
-        for (name, pid) in named {
-            if let Some((ticks, rss)) = read_proc(*pid) {
-                groups.insert(name.clone(), (ticks, rss));
-            }
-        }
+    /// Takes one sample of the given processes plus `rabbitmq` and `postgresql`, whose
+    /// backends are told apart by `clients`.
+    pub fn sample(&mut self, named: &[(String, u32)], clients: &PostgresClients) {
+        let mut seen: Vec<(u32, String, Option<String>)> = named
+            .iter()
+            .map(|(name, pid)| (*pid, name.clone(), None))
+            .collect();
         for (pid, comm) in all_processes() {
-            let group = if comm.starts_with("beam.smp") {
-                "rabbitmq"
+            if comm.starts_with("beam.smp") {
+                seen.push((pid, "rabbitmq".into(), None));
             } else if comm.starts_with("postgres") {
-                "postgresql"
-            } else {
-                continue;
-            };
-            if let Some((ticks, rss)) = read_proc(pid) {
-                let entry = groups.entry(group.to_owned()).or_default();
-                entry.0 += ticks;
-                entry.1 += rss;
+                let client = postgres_client(clients.get(&pid).map(String::as_str));
+                seen.push((pid, String::new(), Some(client)));
             }
         }
-        for (name, (ticks, rss)) in groups {
-            self.first_ticks.entry(name.clone()).or_insert(ticks);
-            self.last_ticks.insert(name.clone(), ticks);
-            let peak = self.peak_rss_kb.entry(name).or_default();
+        let readings = seen
+            .into_iter()
+            .filter_map(|(pid, group, client)| {
+                let (ticks, rss_kb) = read_proc(pid)?;
+                Some(Reading {
+                    pid,
+                    group,
+                    postgres_client: client,
+                    ticks,
+                    rss_kb,
+                })
+            })
+            .collect();
+        self.record(readings);
+    }
+
+    /// Adds one sample's readings: each pid's growth since the last goes to its group
+    /// (and a PostgreSQL backend's to its client).
+    fn record(&mut self, readings: Vec<Reading>) {
+        let mut rss_by_group: HashMap<String, u64> = HashMap::new();
+        let mut last_by_pid = HashMap::with_capacity(readings.len());
+        for reading in readings {
+            let group = match &reading.postgres_client {
+                Some(client) if client == BENCH_CLIENT => BENCH_OWN_POSTGRES.to_owned(),
+                Some(_) => "postgresql".to_owned(),
+                None => reading.group,
+            };
+            *rss_by_group.entry(group.clone()).or_default() += reading.rss_kb;
+            // A pid first seen after the first sample started since: all its time counts.
+            let grown = match self.last_by_pid.get(&reading.pid) {
+                Some(last) => reading.ticks.saturating_sub(*last),
+                None if self.sampled => reading.ticks,
+                None => 0,
+            };
+            last_by_pid.insert(reading.pid, reading.ticks);
+            *self.ticks.entry(group).or_default() += grown;
+            if let Some(client) = reading.postgres_client {
+                *self.postgres_ticks_by_client.entry(client).or_default() += grown;
+            }
+        }
+        self.last_by_pid = last_by_pid;
+        self.sampled = true;
+        for (group, rss) in rss_by_group {
+            let peak = self.peak_rss_kb.entry(group).or_default();
             *peak = (*peak).max(rss);
         }
     }
@@ -69,12 +117,10 @@ impl UsageSampler {
     /// Usage since the first sample, per name.
     pub fn usage(&self) -> HashMap<String, Usage> {
         let window = self.started.elapsed().as_secs_f64().max(1e-3);
-        self.last_ticks
+        self.ticks
             .iter()
-            .map(|(name, last)| {
-                let first = self.first_ticks.get(name).copied().unwrap_or(*last);
-                // PostgreSQL backends come and go: a group's total may shrink.
-                let cpu_secs = last.saturating_sub(first) as f64 / self.ticks_per_sec;
+            .map(|(name, ticks)| {
+                let cpu_secs = *ticks as f64 / self.ticks_per_sec;
                 let usage = Usage {
                     cpu_secs,
                     cpu_percent: 100.0 * cpu_secs / window,
@@ -84,11 +130,45 @@ impl UsageSampler {
             })
             .collect()
     }
+
+    /// CPU seconds of the pipeline's PostgreSQL backends since the first sample, by
+    /// client (`consumer`, `sweeper`, `reader`, ..., `server` for its own processes).
+    pub fn postgres_by_client(&self) -> HashMap<String, f64> {
+        self.postgres_ticks_by_client
+            .iter()
+            .filter(|(client, _)| client.as_str() != BENCH_CLIENT)
+            .map(|(client, ticks)| (client.clone(), *ticks as f64 / self.ticks_per_sec))
+            .collect()
+    }
 }
 
 impl Default for UsageSampler {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One process at one sample.
+struct Reading {
+    pid: u32,
+    /// Its group, unless it is a PostgreSQL process.
+    group: String,
+    /// A PostgreSQL process's client (see [`postgres_client`]).
+    postgres_client: Option<String>,
+    ticks: u64,
+    rss_kb: u64,
+}
+
+/// The client name of the bench's own connections (`lastseen-harness`, shortened).
+const BENCH_CLIENT: &str = "harness";
+
+/// A backend's client, shortened: `lastseen-consumer` is `consumer`; a backend with no
+/// name, or a process `pg_stat_activity` does not list (the postmaster, its logger), is
+/// `server`.
+fn postgres_client(application_name: Option<&str>) -> String {
+    match application_name.map(str::trim) {
+        Some(name) if !name.is_empty() => name.strip_prefix("lastseen-").unwrap_or(name).to_owned(),
+        _ => "server".to_owned(),
     }
 }
 
@@ -121,4 +201,69 @@ fn all_processes() -> Vec<(u32, String)> {
             Some((pid, comm.trim().to_owned()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_is_named_after_its_client_or_the_server() {
+        assert_eq!(postgres_client(Some("lastseen-consumer")), "consumer");
+        assert_eq!(postgres_client(Some("night-sweeper")), "night-sweeper");
+        assert_eq!(postgres_client(Some("walwriter")), "walwriter");
+        assert_eq!(postgres_client(Some("")), "server");
+        assert_eq!(postgres_client(None), "server");
+        assert_eq!(
+            postgres_client(Some(&lastseen::db::application_name("harness"))),
+            BENCH_CLIENT
+        );
+    }
+
+    fn backend(pid: u32, client: &str, ticks: u64) -> Reading {
+        Reading {
+            pid,
+            group: String::new(),
+            postgres_client: Some(client.to_owned()),
+            ticks,
+            rss_kb: 1024,
+        }
+    }
+
+    /// Each backend's growth goes to its client; the bench's own backend is kept out of
+    /// `postgresql`; a backend that starts between samples counts whole, one that exits
+    /// keeps what it had counted.
+    #[test]
+    fn a_backends_time_goes_to_its_client_and_the_benchs_own_is_kept_apart() {
+        let mut sampler = UsageSampler::new();
+        sampler.record(vec![
+            backend(1, "consumer", 1_000),
+            backend(2, "harness", 500),
+            backend(3, "sweeper", 700),
+        ]);
+        sampler.record(vec![
+            backend(1, "consumer", 1_050),
+            backend(2, "harness", 530),
+            backend(3, "sweeper", 720),
+            backend(4, "consumer", 15),
+        ]);
+        // The sweeper's backend exits; the consumer's goes on.
+        sampler.record(vec![
+            backend(1, "consumer", 1_060),
+            backend(2, "harness", 531),
+            backend(4, "consumer", 20),
+        ]);
+        let usage = sampler.usage();
+        let secs = |ticks: f64| ticks / 100.0;
+        assert_eq!(
+            usage["postgresql"].cpu_secs,
+            secs(50.0 + 20.0 + 15.0 + 10.0 + 5.0)
+        );
+        assert_eq!(usage[BENCH_OWN_POSTGRES].cpu_secs, secs(31.0));
+        let by_client = sampler.postgres_by_client();
+        assert_eq!(by_client["consumer"], secs(50.0 + 15.0 + 10.0 + 5.0));
+        assert_eq!(by_client["sweeper"], secs(20.0));
+        assert!(!by_client.contains_key("harness"), "{by_client:?}");
+        assert_eq!(usage["postgresql"].peak_rss_mb, 3.0);
+    }
 }
