@@ -54,26 +54,27 @@ impl UsageSampler {
     /// Takes one sample of the given processes plus `rabbitmq` and `postgresql`, whose
     /// backends are told apart by `clients`.
     pub fn sample(&mut self, named: &[(String, u32)], clients: &PostgresClients) {
-        let mut seen: Vec<(u32, String, Option<String>)> = named
+        let groups = named
             .iter()
-            .map(|(name, pid)| (*pid, name.clone(), None))
-            .collect();
-        for (pid, comm) in all_processes() {
+            .map(|(name, pid)| (*pid, Some(name.clone()), None));
+        let servers = all_processes().into_iter().filter_map(|(pid, comm)| {
             if comm.starts_with("beam.smp") {
-                seen.push((pid, "rabbitmq".into(), None));
+                Some((pid, Some("rabbitmq".to_owned()), None))
             } else if comm.starts_with("postgres") {
                 let client = postgres_client(clients.get(&pid).map(String::as_str));
-                seen.push((pid, String::new(), Some(client)));
+                Some((pid, None, Some(client)))
+            } else {
+                None
             }
-        }
-        let readings = seen
-            .into_iter()
-            .filter_map(|(pid, group, client)| {
+        });
+        let readings = groups
+            .chain(servers)
+            .filter_map(|(pid, group, postgres_client)| {
                 let (ticks, rss_kb) = read_proc(pid)?;
                 Some(Reading {
                     pid,
-                    group,
-                    postgres_client: client,
+                    group: group.unwrap_or_default(),
+                    postgres_client,
                     ticks,
                     rss_kb,
                 })
@@ -218,6 +219,27 @@ mod tests {
             postgres_client(Some(&lastseen::db::application_name("harness"))),
             BENCH_CLIENT
         );
+    }
+
+    /// A sample read from `/proc`: this process, named, is counted with the time it spent
+    /// between two samples.
+    #[test]
+    fn a_named_process_is_sampled_from_proc() {
+        let me = std::process::id();
+        let named = [("me".to_owned(), me)];
+        let mut sampler = UsageSampler::new();
+        sampler.sample(&named, &PostgresClients::new());
+        let (start, _) = read_proc(me).expect("this process in /proc");
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while read_proc(me).expect("this process in /proc").0 < start + 30
+            && Instant::now() < deadline
+        {
+            std::hint::black_box((0..10_000u64).sum::<u64>());
+        }
+        sampler.sample(&named, &PostgresClients::new());
+        let usage = sampler.usage();
+        assert!(usage["me"].cpu_secs >= 0.3, "{:?}", usage["me"]);
+        assert!(usage["me"].peak_rss_mb > 0.0, "{:?}", usage["me"]);
     }
 
     fn backend(pid: u32, client: &str, ticks: u64) -> Reading {
