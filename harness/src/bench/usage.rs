@@ -56,25 +56,24 @@ impl UsageSampler {
     pub fn sample(&mut self, named: &[(String, u32)], clients: &PostgresClients) {
         let groups = named
             .iter()
-            .map(|(name, pid)| (*pid, Some(name.clone()), None));
+            .map(|(name, pid)| (*pid, Owner::Group(name.clone())));
         let servers = all_processes().into_iter().filter_map(|(pid, comm)| {
             if comm.starts_with("beam.smp") {
-                Some((pid, Some("rabbitmq".to_owned()), None))
+                Some((pid, Owner::Group("rabbitmq".to_owned())))
             } else if comm.starts_with("postgres") {
                 let client = postgres_client(clients.get(&pid).map(String::as_str));
-                Some((pid, None, Some(client)))
+                Some((pid, Owner::Postgres(client)))
             } else {
                 None
             }
         });
         let readings = groups
             .chain(servers)
-            .filter_map(|(pid, group, postgres_client)| {
+            .filter_map(|(pid, owner)| {
                 let (ticks, rss_kb) = read_proc(pid)?;
                 Some(Reading {
                     pid,
-                    group: group.unwrap_or_default(),
-                    postgres_client,
+                    owner,
                     ticks,
                     rss_kb,
                 })
@@ -89,10 +88,12 @@ impl UsageSampler {
         let mut rss_by_group: HashMap<String, u64> = HashMap::new();
         let mut last_by_pid = HashMap::with_capacity(readings.len());
         for reading in readings {
-            let group = match &reading.postgres_client {
-                Some(client) if client == BENCH_CLIENT => BENCH_OWN_POSTGRES.to_owned(),
-                Some(_) => "postgresql".to_owned(),
-                None => reading.group,
+            let (group, client) = match reading.owner {
+                Owner::Group(group) => (group, None),
+                Owner::Postgres(client) if client == BENCH_CLIENT => {
+                    (BENCH_OWN_POSTGRES.to_owned(), Some(client))
+                }
+                Owner::Postgres(client) => ("postgresql".to_owned(), Some(client)),
             };
             *rss_by_group.entry(group.clone()).or_default() += reading.rss_kb;
             // A pid first seen after the first sample started since: all its time counts.
@@ -103,7 +104,7 @@ impl UsageSampler {
             };
             last_by_pid.insert(reading.pid, reading.ticks);
             *self.ticks.entry(group).or_default() += grown;
-            if let Some(client) = reading.postgres_client {
+            if let Some(client) = client {
                 *self.postgres_ticks_by_client.entry(client).or_default() += grown;
             }
         }
@@ -152,12 +153,17 @@ impl Default for UsageSampler {
 /// One process at one sample.
 struct Reading {
     pid: u32,
-    /// Its group, unless it is a PostgreSQL process.
-    group: String,
-    /// A PostgreSQL process's client (see [`postgres_client`]).
-    postgres_client: Option<String>,
+    owner: Owner,
     ticks: u64,
     rss_kb: u64,
+}
+
+/// Whose a process's time is.
+enum Owner {
+    /// A group of its own: a named process, or RabbitMQ.
+    Group(String),
+    /// A PostgreSQL process, for this client (see [`postgres_client`]).
+    Postgres(String),
 }
 
 /// The client name of the bench's own connections (`lastseen-harness`, shortened).
@@ -245,8 +251,7 @@ mod tests {
     fn backend(pid: u32, client: &str, ticks: u64) -> Reading {
         Reading {
             pid,
-            group: String::new(),
-            postgres_client: Some(client.to_owned()),
+            owner: Owner::Postgres(client.to_owned()),
             ticks,
             rss_kb: 1024,
         }
