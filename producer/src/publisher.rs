@@ -14,7 +14,6 @@ use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::future::try_join_all;
 use lapin::Channel;
 use lastseen::CheckMessage;
 use lastseen::amqp::{self, AmqpError};
@@ -295,22 +294,24 @@ impl CallbackPublisher {
         channel: &Channel,
         messages: &[CheckMessage],
     ) -> Result<(), AmqpError> {
-        let mut confirms = Vec::with_capacity(messages.len());
-        for message in messages {
-            let body = serde_json::to_vec(message).expect("a CheckMessage always serializes");
-            confirms.push(
-                amqp::publish_mandatory(
-                    channel,
-                    &self.topology.callbacks_exchange,
-                    CHECK_ROUTING_KEY,
-                    &body,
-                    amqp::with_request_id(amqp::persistent_json(), message.request_id.as_deref()),
-                )
-                .await?,
-            );
-        }
-        try_join_all(confirms).await?;
-        Ok(())
+        let mut outgoing: Vec<amqp::Outgoing> = messages
+            .iter()
+            .map(|message| amqp::Outgoing {
+                routing_key: CHECK_ROUTING_KEY,
+                body: serde_json::to_vec(message).expect("a CheckMessage always serializes"),
+                properties: amqp::with_request_id(
+                    amqp::persistent_json(),
+                    message.request_id.as_deref(),
+                ),
+            })
+            .collect();
+        amqp::publish_batch(
+            channel,
+            &self.topology.callbacks_exchange,
+            &mut outgoing,
+            amqp::Routing::Mandatory,
+        )
+        .await
     }
 
     /// Closes the connection, letting in-flight confirms finish first (bounded).

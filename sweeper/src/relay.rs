@@ -5,7 +5,6 @@ use lastseen::contract::metric;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::try_join_all;
 use lapin::Channel;
 use lapin::types::ShortString;
 use lastseen::amqp::{self, AmqpError};
@@ -123,30 +122,38 @@ impl Relay {
 
     async fn round(&mut self, pool: &PgPool) -> Result<u64, RelayError> {
         let mut tx = pool.begin().await?;
-        let pending = notifications::lock_pending(&mut tx, self.batch).await?;
+        let mut pending = notifications::lock_pending(&mut tx, self.batch).await?;
         if pending.is_empty() {
             return Ok(0);
         }
         let channel = self.channel().await?;
-        let mut confirms = Vec::with_capacity(pending.len());
-        for row in &pending {
-            let body = serde_json::to_vec(&row.payload).expect("a JSON value always serializes");
-            let properties =
-                amqp::persistent_json().with_message_id(ShortString::from(row.id.to_string()));
-            // An event nobody subscribed to is dropped by the exchange: published all the
-            // same (with NOTIFICATIONS_QUEUE_MAX_LENGTH=0 no queue takes every event).
-            confirms.push(
-                amqp::publish_event(
-                    &channel,
-                    &self.topology.notifications_exchange,
-                    &row.routing_key,
-                    &body,
-                    properties,
-                )
-                .await?,
-            );
-        }
-        try_join_all(confirms).await?;
+        // An event nobody subscribed to is dropped by the exchange: published all the
+        // same (with NOTIFICATIONS_QUEUE_MAX_LENGTH=0 no queue takes every event).
+        let mut events: Vec<amqp::Outgoing> = pending
+            .iter_mut()
+            .map(|row| {
+                let notifications::Pending {
+                    id,
+                    routing_key,
+                    payload,
+                    ..
+                } = row;
+                amqp::Outgoing {
+                    routing_key,
+                    body: std::mem::take(payload).into_bytes(),
+                    properties: amqp::persistent_json()
+                        .with_message_id(ShortString::from(id.to_string())),
+                }
+            })
+            .collect();
+        amqp::publish_batch(
+            &channel,
+            &self.topology.notifications_exchange,
+            &mut events,
+            amqp::Routing::Event,
+        )
+        .await?;
+        drop(events);
         notifications::mark_published(&mut tx, &pending, self.webhook).await?;
         tx.commit().await?;
         metrics::counter!(metric::NOTIFICATIONS_PUBLISHED_TOTAL).increment(pending.len() as u64);

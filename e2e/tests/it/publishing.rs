@@ -129,3 +129,81 @@ async fn a_publish_bound_covers_the_wait_for_a_channel() -> anyhow::Result<()> {
     let _ = kept.await;
     env.teardown().await
 }
+
+/// A batch put on the wire before its first confirm is waited for still arrives in its
+/// order, every message confirmed; a mandatory batch with a message no queue takes
+/// fails, an event batch does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_arrives_in_its_order_and_a_mandatory_one_fails_on_an_unroutable_message()
+-> anyhow::Result<()> {
+    use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+    use lastseen::amqp::{self, AmqpError, Outgoing, Routing};
+
+    let env = TestEnv::start(Status::default()).await?;
+    let queue = format!("{}.batch-order", env.topology().checks_queue);
+    env.channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            amqp::no_args(),
+        )
+        .await?;
+    let channel = amqp::confirm_channel(&env.amqp).await?;
+
+    const COUNT: usize = 2000;
+    let mut numbered: Vec<Outgoing> = (0..COUNT)
+        .map(|n| Outgoing {
+            routing_key: &queue,
+            body: n.to_string().into_bytes(),
+            properties: amqp::persistent_json(),
+        })
+        .collect();
+    amqp::publish_batch(&channel, "", &mut numbered, Routing::Mandatory).await?;
+
+    let mut bodies = Vec::with_capacity(COUNT);
+    while let Some(message) = env
+        .channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await?
+    {
+        bodies.push(String::from_utf8(message.delivery.data.clone())?);
+    }
+    let expected: Vec<String> = (0..COUNT).map(|n| n.to_string()).collect();
+    assert_eq!(bodies.len(), COUNT, "messages read back");
+    assert_eq!(bodies, expected, "the batch's order");
+
+    let unroutable = "no-queue-has-this-name";
+    fn three<'a>(keys: [&'a str; 3]) -> Vec<Outgoing<'a>> {
+        keys.into_iter()
+            .map(|routing_key| Outgoing {
+                routing_key,
+                body: b"{}".to_vec(),
+                properties: amqp::persistent_json(),
+            })
+            .collect()
+    }
+    let queue = queue.as_str();
+    let mandatory = amqp::publish_batch(
+        &channel,
+        "",
+        &mut three([queue, unroutable, queue]),
+        Routing::Mandatory,
+    )
+    .await;
+    assert!(
+        matches!(mandatory, Err(AmqpError::Unroutable { .. })),
+        "a mandatory batch with an unroutable message: {mandatory:?}"
+    );
+    let channel = amqp::confirm_channel(&env.amqp).await?;
+    amqp::publish_batch(
+        &channel,
+        "",
+        &mut three([queue, unroutable, queue]),
+        Routing::Event,
+    )
+    .await?;
+    env.teardown().await
+}

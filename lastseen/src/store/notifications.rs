@@ -11,7 +11,9 @@ use super::day_partitions::NOTIFICATIONS;
 pub struct Pending {
     pub id: i64,
     pub routing_key: String,
-    pub payload: serde_json::Value,
+    /// The payload's JSON text, as PostgreSQL writes it: published as it is, so the
+    /// relay never parses and re-serializes it.
+    pub payload: String,
     /// Its day partition's key.
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
@@ -42,7 +44,7 @@ pub async fn lock_pending(
     limit: i64,
 ) -> sqlx::Result<Vec<Pending>> {
     sqlx::query_as(
-        "SELECT id, routing_key, payload, created_at FROM notifications
+        "SELECT id, routing_key, payload::text AS payload, created_at FROM notifications
          WHERE published_at IS NULL
          ORDER BY id
          LIMIT $1
