@@ -407,7 +407,7 @@ pub enum Routing {
 pub async fn publish_batch(
     channel: &Channel,
     exchange: &str,
-    messages: &mut [Outgoing<'_>],
+    mut messages: Vec<Outgoing<'_>>,
     routing: Routing,
 ) -> Result<(), AmqpError> {
     let mandatory = routing == Routing::Mandatory;
@@ -428,6 +428,10 @@ pub async fn publish_batch(
         )));
         // The first poll queues the message's frames (and numbers it for its confirm)
         // before it waits for them to be written: so the messages keep their order.
+        // This relies on lapin 4's `basic_publish` doing both before its first await
+        // (`send_method_frame_with_body`); the test
+        // `publishing::a_batch_arrives_in_its_order_and_a_mandatory_one_fails_on_an_unroutable_message`
+        // reads a batch of 2,000 back in order.
         let _ = futures::poll!(send.as_mut());
         sends.push(send);
     }

@@ -294,7 +294,7 @@ impl CallbackPublisher {
         channel: &Channel,
         messages: &[CheckMessage],
     ) -> Result<(), AmqpError> {
-        let mut outgoing: Vec<amqp::Outgoing> = messages
+        let outgoing: Vec<amqp::Outgoing> = messages
             .iter()
             .map(|message| amqp::Outgoing {
                 routing_key: CHECK_ROUTING_KEY,
@@ -308,7 +308,7 @@ impl CallbackPublisher {
         amqp::publish_batch(
             channel,
             &self.topology.callbacks_exchange,
-            &mut outgoing,
+            outgoing,
             amqp::Routing::Mandatory,
         )
         .await

@@ -129,7 +129,9 @@ impl Relay {
         let channel = self.channel().await?;
         // An event nobody subscribed to is dropped by the exchange: published all the
         // same (with NOTIFICATIONS_QUEUE_MAX_LENGTH=0 no queue takes every event).
-        let mut events: Vec<amqp::Outgoing> = pending
+        // Each row's payload is moved into its message: only the ids and days are needed
+        // after (to mark them).
+        let events: Vec<amqp::Outgoing> = pending
             .iter_mut()
             .map(|row| {
                 let notifications::Pending {
@@ -149,11 +151,10 @@ impl Relay {
         amqp::publish_batch(
             &channel,
             &self.topology.notifications_exchange,
-            &mut events,
+            events,
             amqp::Routing::Event,
         )
         .await?;
-        drop(events);
         notifications::mark_published(&mut tx, &pending, self.webhook).await?;
         tx.commit().await?;
         metrics::counter!(metric::NOTIFICATIONS_PUBLISHED_TOTAL).increment(pending.len() as u64);

@@ -88,6 +88,28 @@ async fn every_notification_reaches_the_webhook_signed_and_is_retried_after_a_fa
         );
         assert_eq!(&serde_json::from_slice::<Value>(body)?, payload);
     }
+
+    // A notification's AMQP message and its webhook request carry the same bytes.
+    let published = env.drain(&env.topology().notifications_queue).await?;
+    assert_eq!(published.len(), 4, "notifications published to RabbitMQ");
+    for message in &published {
+        let id = message
+            .properties
+            .message_id()
+            .as_ref()
+            .expect("a notification has a message_id")
+            .as_str();
+        let (_, body) = requests
+            .iter()
+            .rev()
+            .find(|(h, _)| h["webhook-id"] == id)
+            .expect("a request per notification");
+        assert_eq!(
+            String::from_utf8_lossy(&message.data),
+            String::from_utf8_lossy(&body[..]),
+            "notification {id}: the message's body and the webhook's"
+        );
+    }
     env.teardown().await
 }
 

@@ -144,7 +144,9 @@ pub async fn record_event(
 pub struct WebhookDue {
     pub id: i64,
     pub routing_key: String,
-    pub payload: serde_json::Value,
+    /// The payload's JSON text, as PostgreSQL writes it: the same bytes the relay
+    /// publishes.
+    pub payload: String,
     pub webhook_attempts: i32,
     /// The claim it was taken under (see [`claim_webhook_due`]).
     pub webhook_claim: i64,
@@ -184,7 +186,8 @@ pub async fn claim_webhook_due(
                LIMIT $1
                FOR UPDATE SKIP LOCKED) due
          WHERE n.id = due.id
-         RETURNING n.id, n.routing_key, n.payload, n.webhook_attempts, n.webhook_claim",
+         RETURNING n.id, n.routing_key, n.payload::text AS payload, n.webhook_attempts,
+                   n.webhook_claim",
     )
     .bind(limit)
     .bind(lease_secs)
