@@ -354,8 +354,8 @@ pub fn persistent_json() -> BasicProperties {
 /// Publishes one mandatory message and returns the future that checks its confirm: a
 /// message no queue takes is [`AmqpError::Unroutable`].
 ///
-/// Publishing and confirming are split so a caller can put many messages on the wire
-/// before waiting for the broker, which is what makes confirms cheap.
+/// Publishing and confirming are split so a caller can publish more before waiting for
+/// the broker; a batch known at once goes out cheaper with [`publish_batch`].
 pub async fn publish_mandatory(
     channel: &Channel,
     exchange: &str,
@@ -364,19 +364,6 @@ pub async fn publish_mandatory(
     properties: BasicProperties,
 ) -> Result<impl Future<Output = Result<(), AmqpError>> + use<>, AmqpError> {
     publish_confirmed(channel, exchange, routing_key, body, properties, true).await
-}
-
-/// Publishes one event to an exchange for whoever subscribed, like
-/// [`publish_mandatory`] but without `mandatory`: an event no queue is bound for is
-/// dropped by the exchange, as publish-subscribe has it, and is no error.
-pub async fn publish_event(
-    channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> Result<impl Future<Output = Result<(), AmqpError>> + use<>, AmqpError> {
-    publish_confirmed(channel, exchange, routing_key, body, properties, false).await
 }
 
 /// One message of a [`publish_batch`].
@@ -392,7 +379,8 @@ pub struct Outgoing<'a> {
 pub enum Routing {
     /// [`AmqpError::Unroutable`], as [`publish_mandatory`] has it.
     Mandatory,
-    /// Dropped by the exchange and no error, as [`publish_event`] has it.
+    /// Not `mandatory`: an event no queue is bound for is dropped by the exchange, as
+    /// publish-subscribe has it, and is no error.
     Event,
 }
 
