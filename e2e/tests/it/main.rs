@@ -13,6 +13,7 @@ mod expiry_hold;
 mod failures;
 mod hostile_input;
 mod lifecycle;
+mod lock_waits;
 mod logs;
 mod memory;
 mod notification_queue;

@@ -6,6 +6,7 @@
 
 mod ceiling;
 mod load;
+pub mod lock_waits;
 mod maintenance;
 mod observe;
 mod ports;

@@ -1,6 +1,7 @@
 //! Observation of a benchmark run, once a second: ids accepted and stored, the work
-//! queue's backlog, checks in flight, resource use; and every 20 ms, the end-to-end lag
-//! of the ids the load follows.
+//! queue's backlog, checks in flight, resource use; every 250 ms, the PostgreSQL
+//! backends waiting on a lock; and every 20 ms, the end-to-end lag of the ids the load
+//! follows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::load::{LoadCounters, Tracked};
+use super::lock_waits::{self, LockWaitFigures, LockWaits};
 use super::usage::{PostgresClients, Usage, UsageSampler};
 use crate::broker_admin::BrokerAdmin;
 use tester::serve::delay_for_id;
@@ -23,6 +25,8 @@ use tester::serve::delay_for_id;
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// A followed id not stored after this long counts as not stored.
 const LAG_GIVE_UP: Duration = Duration::from_secs(60);
+/// How often the lock waits are sampled: a writer's wait is typically 0.1 to 2 s.
+const LOCK_WAIT_EVERY: Duration = Duration::from_millis(250);
 
 /// One second of the run.
 #[derive(Debug, Clone, Serialize)]
@@ -47,6 +51,7 @@ pub struct Observed {
     pub postgres_by_client: HashMap<String, f64>,
     pub peak_in_flight: u64,
     pub drained_after: Option<Duration>,
+    pub lock_waits: LockWaitFigures,
 }
 
 /// Where to look.
@@ -142,6 +147,8 @@ impl Observer {
         let mut drained_after = None;
         let mut every_second = tokio::time::interval(Duration::from_secs(1));
         let mut every_lag_poll = tokio::time::interval(Duration::from_millis(20));
+        let mut every_lock_sample = tokio::time::interval(LOCK_WAIT_EVERY);
+        let mut lock_waits = LockWaits::default();
         let stored_base = self.stored().await.unwrap_or(0);
 
         loop {
@@ -174,6 +181,11 @@ impl Observer {
                         }
                         true
                     });
+                }
+                _ = every_lock_sample.tick() => {
+                    if let Ok(waiting) = lock_waits::sample(&self.pool).await {
+                        lock_waits.record(&waiting);
+                    }
                 }
                 _ = every_second.tick() => {
                     sampler.sample(&pids, &postgres_clients(&self.pool).await);
@@ -229,6 +241,7 @@ impl Observer {
             postgres_by_client: sampler.postgres_by_client(),
             peak_in_flight,
             drained_after,
+            lock_waits: lock_waits.figures(),
         })
     }
 

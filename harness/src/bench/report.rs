@@ -75,6 +75,9 @@ pub struct RunResult {
     pub postgresql_cpu_secs_per_1k_ids_by_client: BTreeMap<String, f64>,
     /// The consumers' peak resident memory over the peak checks in flight, KB per check.
     pub consumer_kb_per_check_in_flight: Option<f64>,
+    /// PostgreSQL backends waiting on a lock, on average over the observation, by the
+    /// waiting client and the client holding the lock (sampled every 250 ms).
+    pub lock_waits: super::lock_waits::LockWaitFigures,
     pub ceiling: Option<Ceiling>,
     /// Stored ids/s over the ceiling's ids/s.
     pub fraction_of_ceiling: Option<f64>,
@@ -256,6 +259,7 @@ pub fn summarize(
         cpu_secs_per_1k_ids_pipeline,
         postgresql_cpu_secs_per_1k_ids_by_client,
         consumer_kb_per_check_in_flight,
+        lock_waits: observed.lock_waits,
         ceiling: None,
         fraction_of_ceiling: None,
         raw,
@@ -399,6 +403,25 @@ pub fn markdown(r: &RunResult) -> String {
         clients.sort_by(|a, b| b.1.total_cmp(a.1));
         for (client, per) in clients {
             s.push_str(&format!("| {client} | {per:.3} |\n"));
+        }
+    }
+    if r.lock_waits.samples > 0 {
+        s.push_str(&format!(
+            "\n| PostgreSQL backends waiting on a lock ({} samples) | held by | backends waiting, mean |\n|---|---|---:|\n",
+            r.lock_waits.samples
+        ));
+        if r.lock_waits.mean_waiting.is_empty() {
+            s.push_str("| none | | 0 |\n");
+        }
+        for (waiter, by_blocker) in &r.lock_waits.mean_waiting {
+            for (blocker, mean) in by_blocker {
+                let blocker = if blocker.is_empty() {
+                    "(gone)"
+                } else {
+                    blocker
+                };
+                s.push_str(&format!("| {waiter} | {blocker} | {mean:.2} |\n"));
+            }
         }
     }
     if let Some(raw) = &r.raw {
