@@ -18,8 +18,11 @@ pub struct Config {
     #[arg(long, env = "SWEEP_INTERVAL_MS", default_value = "1000", value_parser = parse_positive_millis)]
     pub sweep_interval_ms: Duration,
 
-    /// Most objects expired in one transaction.
-    #[arg(long, env = "SWEEP_BATCH", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// Most objects expired (or marked stale) in one transaction. The transaction holds
+    /// their rows until it commits, and a consumer writing a sighting of one of them waits
+    /// for it (with every row of its own batch locked meanwhile), so this is kept small:
+    /// under churn, 10,000 held writers for a second at a time (docs/performance.md).
+    #[arg(long, env = "SWEEP_BATCH", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub sweep_batch: u32,
 
     /// Transactions a sweep runs at once, each expiring up to `SWEEP_BATCH` objects: a
