@@ -322,6 +322,12 @@ async fn run_once(
                         STATUS_PORT + ((i - 1) % status_procs) as u16
                     ),
                 ),
+                // Each consumer's connections under a name of their own, so the lock
+                // table tells waits inside one consumer from waits across consumers.
+                (
+                    "DATABASE_URL",
+                    with_application_name(&args.database_url, &format!("lastseen-consumer-{i}"))?,
+                ),
                 ("PREFETCH", args.prefetch.to_string()),
                 (
                     "MAX_CHECKS_IN_FLIGHT",
@@ -428,10 +434,47 @@ async fn seed_fleet(pool: &sqlx::PgPool, fleet: &load::IdSource, rate: u64) -> a
     Ok(())
 }
 
+/// `database_url` with its connections named `name` (`application_name`, which the
+/// pipeline's processes keep when the URL gives one).
+fn with_application_name(database_url: &str, name: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(database_url).context("BENCH_DATABASE_URL is not a URL")?;
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(key, _)| key != "application_name")
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect();
+    url.query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair("application_name", name);
+    Ok(url.to_string())
+}
+
 /// The run's database as the read-only `analyst` login (`make services` creates it).
 fn analyst_url(database_url: &str) -> anyhow::Result<String> {
     let mut url = url::Url::parse(database_url).context("BENCH_DATABASE_URL is not a URL")?;
     let _ = url.set_username("analyst");
     let _ = url.set_password(Some("analyst"));
     Ok(url.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumers_url_names_its_connections_and_keeps_the_rest() {
+        let url = with_application_name(
+            "postgres://postgres@127.0.0.1:5432/lastseen_bench?sslmode=disable&application_name=old",
+            "lastseen-consumer-2",
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            "postgres://postgres@127.0.0.1:5432/lastseen_bench?sslmode=disable&application_name=lastseen-consumer-2"
+        );
+        let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+        assert_eq!(options.get_application_name(), Some("lastseen-consumer-2"));
+        assert_eq!(options.get_database(), Some("lastseen_bench"));
+    }
 }

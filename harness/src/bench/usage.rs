@@ -169,12 +169,21 @@ enum Owner {
 /// The client name of the bench's own connections (`lastseen-harness`, shortened).
 const BENCH_CLIENT: &str = "harness";
 
-/// A backend's client, shortened: `lastseen-consumer` is `consumer`; a backend with no
-/// name, or a process `pg_stat_activity` does not list (the postmaster, its logger), is
-/// `server`.
+/// A backend's client, shortened: `lastseen-consumer` is `consumer`, and so are the
+/// bench's `lastseen-consumer-1`, `lastseen-consumer-2`, ... (one program, one line); a
+/// backend with no name, or a process `pg_stat_activity` does not list (the postmaster,
+/// its logger), is `server`.
 fn postgres_client(application_name: Option<&str>) -> String {
     match application_name.map(str::trim) {
-        Some(name) if !name.is_empty() => name.strip_prefix("lastseen-").unwrap_or(name).to_owned(),
+        Some(name) if !name.is_empty() => {
+            let name = name.strip_prefix("lastseen-").unwrap_or(name);
+            match name.rsplit_once('-') {
+                Some((program, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                    program.to_owned()
+                }
+                _ => name.to_owned(),
+            }
+        }
         _ => "server".to_owned(),
     }
 }
@@ -217,6 +226,13 @@ mod tests {
     #[test]
     fn a_backend_is_named_after_its_client_or_the_server() {
         assert_eq!(postgres_client(Some("lastseen-consumer")), "consumer");
+        assert_eq!(postgres_client(Some("lastseen-consumer-1")), "consumer");
+        assert_eq!(postgres_client(Some("lastseen-consumer-12")), "consumer");
+        assert_eq!(postgres_client(Some("consumer-")), "consumer-");
+        assert_eq!(
+            postgres_client(Some("autovacuum-stand-in")),
+            "autovacuum-stand-in"
+        );
         assert_eq!(postgres_client(Some("night-sweeper")), "night-sweeper");
         assert_eq!(postgres_client(Some("walwriter")), "walwriter");
         assert_eq!(postgres_client(Some("")), "server");
