@@ -36,8 +36,12 @@ pub struct Config {
     #[arg(long, env = "MAX_CHECKS_IN_FLIGHT", default_value_t = 13_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_checks_in_flight: u32,
 
-    /// Most rows in one upsert statement.
-    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// Most rows in one upsert statement. 1,000: a batch holds its rows' locks until it
+    /// commits, and a writer whose batch shares an object with it waits meanwhile; after
+    /// such a wait the sightings pile up, and with 5,000 the next batches grew with them
+    /// and held more rows for longer (churn bench: lag p99 1.1-7.4 s against 0.6-1.5 s
+    /// with 1,000, the same CPU per id; docs/performance.md).
+    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_max_rows: u32,
 
     /// Longest a sighting waits for its batch to fill before it is written (milliseconds).
