@@ -474,6 +474,13 @@ impl TestEnv {
             let _ = task.await;
         }
         let topology = self.topology();
+        // A connection of its own: a test may have closed `self.channel` with a channel
+        // error (a declaration refused on purpose), or `self.amqp` may have missed its
+        // heartbeats while the test's thread was busy (building the binaries), and every
+        // deletion on them would then fail unseen, leaving the test's queues and
+        // exchanges on the shared broker.
+        let cleanup = lastseen::amqp::connect(&amqp_url().as_str().into(), "e2e-teardown").await?;
+        let channel = cleanup.create_channel().await?;
         let mut queues = vec![
             topology.checks_queue.clone(),
             topology.dead_letter_queue.clone(),
@@ -481,8 +488,7 @@ impl TestEnv {
         ];
         queues.extend(self.retry_queue_names().await);
         for queue in queues {
-            let _ = self
-                .channel
+            let _ = channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
@@ -490,12 +496,13 @@ impl TestEnv {
             &topology.callbacks_exchange,
             &topology.dead_letter_exchange,
             &topology.notifications_exchange,
+            &topology.progress_exchange,
         ] {
-            let _ = self
-                .channel
+            let _ = channel
                 .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                 .await;
         }
+        let _ = cleanup.close(200, "teardown".into()).await;
         self.broker.close().await;
         let _ = self.amqp.close(200, "teardown".into()).await;
         self.pool.close().await;

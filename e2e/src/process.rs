@@ -53,12 +53,13 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// Starts `program` (producer, consumer or sweeper) with `env` and nothing from `.env`
 /// (it runs in a temporary folder); its stderr (its log) goes to a file of its own for
-/// post-mortems. Killed when dropped.
+/// post-mortems, under `target/<profile>/test-logs/` (with the build, not in the
+/// machine's temporary folder, where every run would leave its logs). Killed when
+/// dropped.
 pub fn start(program: &str, env: &[(&str, String)]) -> anyhow::Result<Process> {
-    let log = std::env::temp_dir().join(format!(
-        "lastseen-test-{program}-{}.log",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let logs = binaries()?.join("test-logs");
+    std::fs::create_dir_all(&logs)?;
+    let log = logs.join(format!("{program}-{}.log", uuid::Uuid::new_v4().simple()));
     let spec = Spec::new(binaries()?.join(program))
         .env(env)
         .in_dir(std::env::temp_dir());

@@ -178,8 +178,19 @@ impl BrokerAdmin {
 /// Names of the local node's queues that start with `prefix`, from `rabbitmqctl
 /// list_queues` (for cleaning up after a run); empty when it cannot run.
 pub async fn local_queue_names(prefix: &str) -> Vec<String> {
+    local_names("list_queues", prefix).await
+}
+
+/// Names of the local node's exchanges that start with `prefix`, from `rabbitmqctl
+/// list_exchanges`; empty when it cannot run.
+pub async fn local_exchange_names(prefix: &str) -> Vec<String> {
+    local_names("list_exchanges", prefix).await
+}
+
+/// The names `rabbitmqctl {list}` prints that start with `prefix`.
+async fn local_names(list: &str, prefix: &str) -> Vec<String> {
     let output = tokio::process::Command::new("rabbitmqctl")
-        .args(["list_queues", "name", "--quiet", "--no-table-headers"])
+        .args([list, "name", "--quiet", "--no-table-headers"])
         .output()
         .await;
     let Ok(output) = output else {

@@ -62,5 +62,6 @@ async fn a_backend_waiting_on_another_clients_row_is_counted_with_its_holder() -
         after.is_empty(),
         "nobody waits once it committed, sampled {after:?}"
     );
-    Ok(())
+    drop(holder);
+    env.teardown().await
 }

@@ -34,5 +34,6 @@ mod spool;
 mod stale;
 mod status_page;
 mod stops;
+mod teardown;
 mod tls;
 mod webhook;
