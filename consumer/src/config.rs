@@ -39,8 +39,8 @@ pub struct Config {
     /// Most rows in one upsert statement. 1,000: a batch holds its rows' locks until it
     /// commits, and a writer whose batch shares an object with it waits meanwhile; after
     /// such a wait the sightings pile up, and with 5,000 the next batches grew with them
-    /// and held more rows for longer (churn bench: lag p99 1.1-7.4 s against 0.6-1.5 s
-    /// with 1,000, the same CPU per id; docs/performance.md).
+    /// and held more rows for longer (churn bench on an AMD EPYC host: lag p99 1.1-7.4 s
+    /// against 0.6-1.5 s with 1,000, the same CPU per id; docs/performance.md).
     #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_max_rows: u32,
 

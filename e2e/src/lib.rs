@@ -474,13 +474,45 @@ impl TestEnv {
             let _ = task.await;
         }
         let topology = self.topology();
-        // A connection of its own: a test may have closed `self.channel` with a channel
-        // error (a declaration refused on purpose), or `self.amqp` may have missed its
-        // heartbeats while the test's thread was busy (building the binaries), and every
-        // deletion on them would then fail unseen, leaving the test's queues and
-        // exchanges on the shared broker.
-        let cleanup = lastseen::amqp::connect(&amqp_url().as_str().into(), "e2e-teardown").await?;
-        let channel = cleanup.create_channel().await?;
+        self.delete_topology(&topology).await;
+        self.broker.close().await;
+        let _ = self.amqp.close(200, "teardown".into()).await;
+        self.pool.close().await;
+        let _ = std::fs::remove_dir_all(&self.spool_dir);
+        let admin = PgPool::connect(&postgres_server().with_database("postgres")).await?;
+        // The name is ours (a UUID), not input: safe to splice into DDL.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"lastseen_test_{}\" WITH (FORCE)",
+            self.name
+        )))
+        .execute(&admin)
+        .await?;
+        admin.close().await;
+        Ok(())
+    }
+
+    /// Deletes this test's queues and exchanges, on a connection of its own: a test may
+    /// have closed `self.channel` with a channel error (a declaration refused on
+    /// purpose), or `self.amqp` may have missed its heartbeats while the test's thread
+    /// was busy (building the binaries), and every deletion on them would then fail
+    /// unseen, leaving them on the shared broker. Best effort: a broker it cannot reach
+    /// is reported on stderr and the rest of the teardown goes on.
+    async fn delete_topology(&self, topology: &lastseen::topology::Topology) {
+        let cleanup =
+            match lastseen::amqp::connect(&amqp_url().as_str().into(), "e2e-teardown").await {
+                Ok(connection) => connection,
+                Err(err) => {
+                    eprintln!("teardown: the test's queues and exchanges stay: {err}");
+                    return;
+                }
+            };
+        let channel = match cleanup.create_channel().await {
+            Ok(channel) => channel,
+            Err(err) => {
+                eprintln!("teardown: the test's queues and exchanges stay: {err}");
+                return;
+            }
+        };
         let mut queues = vec![
             topology.checks_queue.clone(),
             topology.dead_letter_queue.clone(),
@@ -503,20 +535,6 @@ impl TestEnv {
                 .await;
         }
         let _ = cleanup.close(200, "teardown".into()).await;
-        self.broker.close().await;
-        let _ = self.amqp.close(200, "teardown".into()).await;
-        self.pool.close().await;
-        let _ = std::fs::remove_dir_all(&self.spool_dir);
-        let admin = PgPool::connect(&postgres_server().with_database("postgres")).await?;
-        // The name is ours (a UUID), not input: safe to splice into DDL.
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"lastseen_test_{}\" WITH (FORCE)",
-            self.name
-        )))
-        .execute(&admin)
-        .await?;
-        admin.close().await;
-        Ok(())
     }
 
     /// Retry queues this test's consumers may have declared (found by listing them).

@@ -19,10 +19,13 @@ async fn teardown_leaves_no_queue_or_exchange_of_the_test_behind() -> anyhow::Re
             .await?,
         "the ids were not stored"
     );
+    // Listed before teardown too, so an empty list after it means deleted, not a
+    // `rabbitmqctl` that could not list.
+    let queues = harness::broker_admin::local_queue_names(&prefix).await;
     let exchanges = harness::broker_admin::local_exchange_names(&prefix).await;
     assert!(
-        exchanges.len() >= 4,
-        "the test's exchanges cannot be listed: {exchanges:?}"
+        queues.len() >= 3 && exchanges.len() >= 4,
+        "the test's queues and exchanges cannot be listed: {queues:?} {exchanges:?}"
     );
     // A test may close the environment's channel with a refused declaration (a passive
     // one of a queue that does not exist): teardown must clean up all the same.
@@ -51,8 +54,17 @@ async fn teardown_leaves_no_queue_or_exchange_of_the_test_behind() -> anyhow::Re
 #[tokio::test]
 async fn a_started_binarys_log_is_kept_with_the_build() -> anyhow::Result<()> {
     let env = TestEnv::start(Status::quick_all_online()).await?;
-    let mut sweeper = e2e::process::start("sweeper", &env.process_env())?;
+    let mut settings = env.process_env();
+    settings.retain(|(key, _)| *key != "RUST_LOG");
+    settings.push(("RUST_LOG", "info".into()));
+    let mut sweeper = e2e::process::start("sweeper", &settings)?;
     let log = sweeper.log().to_owned();
+    // The sweeper's own words, not only the header the harness writes.
+    let running = env
+        .eventually(Duration::from_secs(30), || async {
+            Ok(std::fs::read_to_string(&log)?.contains("sweeper running"))
+        })
+        .await?;
     sweeper.stop(Duration::from_secs(10)).await;
     env.teardown().await?;
 
@@ -63,6 +75,6 @@ async fn a_started_binarys_log_is_kept_with_the_build() -> anyhow::Result<()> {
         log.display(),
         build.display()
     );
-    assert!(log.exists(), "{} was not written", log.display());
+    assert!(running, "{} holds no 'sweeper running' line", log.display());
     Ok(())
 }
