@@ -185,9 +185,12 @@ impl TestEnv {
         lastseen::topology::Topology::new(&self.topology_args())
     }
 
-    /// The environment a spawned binary needs to join this test's pipeline.
+    /// The environment a spawned binary needs to join this test's pipeline. Its metrics
+    /// listen on a port of the system's choosing, never the default one a `make run` on
+    /// the same machine (or another test) may hold.
     pub fn process_env(&self) -> Vec<(&'static str, String)> {
         vec![
+            ("METRICS_ADDR", "127.0.0.1:0".into()),
             ("AMQP_URL", amqp_url()),
             ("DATABASE_URL", self.database_url.clone()),
             ("TOPOLOGY_PREFIX", self.prefix.clone()),
