@@ -501,21 +501,17 @@ impl TestEnv {
     /// unseen, leaving them on the shared broker. Best effort: a broker it cannot reach
     /// is reported on stderr and the rest of the teardown goes on.
     async fn delete_topology(&self, topology: &lastseen::topology::Topology) {
-        let cleanup =
-            match lastseen::amqp::connect(&amqp_url().as_str().into(), "e2e-teardown").await {
-                Ok(connection) => connection,
-                Err(err) => {
-                    eprintln!("teardown: the test's queues and exchanges stay: {err}");
-                    return;
-                }
-            };
-        let channel = match cleanup.create_channel().await {
-            Ok(channel) => channel,
-            Err(err) => {
-                eprintln!("teardown: the test's queues and exchanges stay: {err}");
-                return;
-            }
-        };
+        if let Err(err) = self.try_delete_topology(topology).await {
+            eprintln!("teardown: the test's queues and exchanges stay: {err}");
+        }
+    }
+
+    async fn try_delete_topology(
+        &self,
+        topology: &lastseen::topology::Topology,
+    ) -> anyhow::Result<()> {
+        let cleanup = lastseen::amqp::connect(&amqp_url().as_str().into(), "e2e-teardown").await?;
+        let channel = cleanup.create_channel().await?;
         let mut queues = vec![
             topology.checks_queue.clone(),
             topology.dead_letter_queue.clone(),
@@ -538,6 +534,7 @@ impl TestEnv {
                 .await;
         }
         let _ = cleanup.close(200, "teardown".into()).await;
+        Ok(())
     }
 
     /// Retry queues this test's consumers may have declared (found by listing them).

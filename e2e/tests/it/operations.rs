@@ -26,7 +26,9 @@ fn with(
 }
 
 /// Starts `program` with `env` and `extra` on a free port (the producer's callback port,
-/// the others' metrics port); returns the process and that port's base URL.
+/// the others' metrics port); returns the process and that port's base URL. Drop the
+/// process before the test's teardown: one still running declares its queues and
+/// exchanges again once teardown has deleted them, and they would stay on the broker.
 fn start_on_free_port(
     program: &str,
     env: &[(&'static str, String)],
@@ -183,8 +185,6 @@ async fn every_binary_serves_metrics_that_count_what_happened() -> anyhow::Resul
     let lag = sample(&s, "lastseen_expiry_watermark_lag_seconds");
     assert!((0.0..5.0).contains(&lag), "watermark lag {lag} s");
     assert_eq!(sample(&s, "lastseen_expiry_hold_bound_reached_total"), 0.0);
-    // The binaries go first: one still running declares its queues and exchanges again
-    // once teardown has deleted them, and they would stay on the shared broker.
     drop((_producer, _consumer, _sweeper));
     env.teardown().await
 }
@@ -239,8 +239,6 @@ async fn readyz_turns_not_ready_within_five_seconds_of_an_outage_and_ready_after
         let took = until_status(endpoint, "ready", Duration::from_secs(60)).await?;
         println!("{endpoint}: ready again {took:?} after RabbitMQ returned");
     }
-    // The binaries go first: one still running declares its queues and exchanges again
-    // once teardown has deleted them, and they would stay on the shared broker.
     drop((_producer, _consumer, _sweeper));
     env.teardown().await
 }
@@ -318,8 +316,6 @@ async fn a_request_id_follows_the_callback_into_the_consumer_logs() -> anyhow::R
             );
         }
     }
-    // The binaries go first: one still running declares its queues and exchanges again
-    // once teardown has deleted them, and they would stay on the shared broker.
     drop((producer_process, consumer));
     env.teardown().await
 }
@@ -385,8 +381,6 @@ async fn each_binary_names_its_postgresql_connections() -> anyhow::Result<()> {
         "the name in DATABASE_URL was not kept: connections named {:?}",
         connection_names(&env).await?
     );
-    // The binaries go first: one still running declares its queues and exchanges again
-    // once teardown has deleted them, and they would stay on the shared broker.
     drop((_consumer, _sweeper, _named_sweeper));
     env.teardown().await
 }
