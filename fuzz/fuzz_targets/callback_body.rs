@@ -4,7 +4,7 @@
 //! Besides "never panics", each input is checked against a reading of the bytes that does
 //! not use the parser: a body is accepted exactly when it is a JSON object whose only
 //! `object_ids` key holds an array of ids (whole numbers from 0 to 2^63-1, however
-//! spelled: `7`, `7.0`, `0.7e1`; judged by `tester/src/id_oracle.rs`), with the ids as
+//! spelled: `7`, `7.0`, `0.7e1`; judged by `domain/src/id_oracle.rs`), with the ids as
 //! written; it is a syntax error exactly when it is not JSON at all; and the check
 //! messages carry every distinct id exactly once.
 //!
@@ -18,14 +18,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use chrono::Utc;
-use lastseen::{CheckMessage, ObjectId};
 use libfuzzer_sys::fuzz_target;
-use producer::{BodyError, CallbackRequest, check_messages};
+use lastseen_domain::callback::{BodyError, CallbackRequest, check_messages};
+use lastseen_domain::id_oracle::{IdVerdict, judge_id, judge_ttl};
+use lastseen_domain::{CheckMessage, ObjectId};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::error::Category;
 use serde_json::value::RawValue;
-use tester::id_oracle::{IdVerdict, judge_id, judge_ttl};
 
 fuzz_target!(|body: &[u8]| {
     // Vary the message size with the input, so splits of every shape are tried.

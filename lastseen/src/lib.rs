@@ -6,7 +6,6 @@ pub mod backoff;
 pub mod config;
 pub mod contract;
 pub mod db;
-pub mod domain;
 pub mod limits;
 pub mod ops;
 pub mod pem;
@@ -18,4 +17,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod topology;
 
-pub use domain::{CheckMessage, ObjectId};
+/// The plain data of the pipeline (the `lastseen-domain` crate).
+pub use lastseen_domain as domain;
+pub use lastseen_domain::{CheckMessage, ObjectId};

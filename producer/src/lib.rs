@@ -2,7 +2,6 @@
 //! messages and answers 202 only once RabbitMQ has confirmed and routed every one, or,
 //! when RabbitMQ cannot, once they are committed to the local durable spool.
 
-mod callback;
 mod config;
 mod dashboard;
 mod drain;
@@ -10,6 +9,8 @@ mod http;
 mod publisher;
 mod spool;
 mod startup;
+
+use lastseen::domain::callback;
 
 pub use callback::{BodyError, CallbackRequest, check_messages};
 pub use config::Config;

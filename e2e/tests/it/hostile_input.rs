@@ -6,11 +6,11 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use e2e::{Status, TestEnv, post_callback};
+use lastseen_domain::id_oracle::{IdVerdict, judge_id, judge_ttl};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use tester::id_oracle::{IdVerdict, judge_id, judge_ttl};
 
 /// Cases per run: enough to cover every kind of body each time, few enough for `make test`.
 const CASES: u32 = 96;

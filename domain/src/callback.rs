@@ -3,8 +3,8 @@
 
 use std::collections::HashSet;
 
+use crate::{CheckMessage, ObjectId};
 use chrono::{DateTime, Utc};
-use lastseen::{CheckMessage, ObjectId};
 use serde::de::{Error as _, IgnoredAny, Unexpected};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -76,8 +76,8 @@ fn seconds_in_range<'de, D: Deserializer<'de>>(
 
 /// An object id: an integer from 0 to 2^63-1, the range PostgreSQL's BIGINT holds.
 ///
-/// `lastseen::ObjectId` is the real type; it lives in the shared library, which does not
-/// depend on utoipa, so its schema is written here, beside the body that holds it.
+/// [`ObjectId`] is the real type; it carries no OpenAPI schema of its own (it is read and
+/// written far from the API), so its schema is written here, beside the body that holds it.
 pub struct ObjectIdSchema;
 
 impl PartialSchema for ObjectIdSchema {
