@@ -315,9 +315,7 @@ pub async fn stale_count(pool: &PgPool) -> sqlx::Result<i64> {
 
 /// How many notifications the relay has not published yet.
 pub async fn unpublished_count(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM notifications WHERE published_at IS NULL")
-        .fetch_one(pool)
-        .await
+    super::notifications::count_pending(pool).await
 }
 
 /// The place `back` events before the latest final one (the start, if there are fewer):
