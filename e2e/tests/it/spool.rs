@@ -32,6 +32,28 @@ async fn ids_in_checks_queue(env: &TestEnv) -> anyhow::Result<Vec<i64>> {
     Ok(ids)
 }
 
+/// POSTs a callback of each id list, 16 at a time, and checks that each was answered 202
+/// and spooled.
+async fn spool_all(url: &str, callbacks: impl Iterator<Item = Vec<i64>>) -> anyhow::Result<()> {
+    let answers: Vec<anyhow::Result<(usize, u16, Value)>> = futures::stream::iter(callbacks)
+        .map(|ids| async move {
+            let body = json!({ "object_ids": ids }).to_string();
+            let (status, answer) = post_callback(url, JSON, body).await?;
+            Ok((ids.len(), status, answer))
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for answer in answers {
+        let (ids, status, body) = answer?;
+        assert_eq!(
+            (status, body),
+            (202, json!({ "accepted": ids, "spooled": true }))
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_callbacks_while_rabbitmq_is_down_all_get_202_and_every_id_is_stored_after()
 -> anyhow::Result<()> {
@@ -47,24 +69,11 @@ async fn thousand_callbacks_while_rabbitmq_is_down_all_get_202_and_every_id_is_s
     assert_eq!(degraded["reason"], "spooling", "{degraded}");
 
     // 1,000 callbacks of 3 ids each, 16 at a time.
-    let answers: Vec<anyhow::Result<(u16, Value)>> = futures::stream::iter(0..1000i64)
-        .map(|i| {
-            let url = url.clone();
-            async move {
-                let body = json!({ "object_ids": [i * 3, i * 3 + 1, i * 3 + 2] }).to_string();
-                post_callback(&url, JSON, body).await
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    for answer in answers {
-        let (status, body) = answer?;
-        assert_eq!(
-            (status, body),
-            (202, json!({ "accepted": 3, "spooled": true }))
-        );
-    }
+    spool_all(
+        &url,
+        (0..1000i64).map(|i| vec![i * 3, i * 3 + 1, i * 3 + 2]),
+    )
+    .await?;
     let (status, ready) = readiness(base_of(&url)).await;
     assert_eq!(
         status, 200,
@@ -181,25 +190,7 @@ async fn a_producer_killed_while_it_publishes_its_spool_loses_no_id() -> anyhow:
     wait_for_readiness(&url, "degraded").await?;
 
     // 400 callbacks of 10 ids, a message per id: four drain rounds of 1,000 messages.
-    let answers: Vec<anyhow::Result<(u16, Value)>> = futures::stream::iter(0..400i64)
-        .map(|i| {
-            let url = url.clone();
-            async move {
-                let body =
-                    json!({ "object_ids": (i * 10..i * 10 + 10).collect::<Vec<_>>() }).to_string();
-                post_callback(&url, JSON, body).await
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    for answer in answers {
-        let (status, body) = answer?;
-        assert_eq!(
-            (status, body),
-            (202, json!({ "accepted": 10, "spooled": true }))
-        );
-    }
+    spool_all(&url, (0..400i64).map(|i| (i * 10..i * 10 + 10).collect())).await?;
 
     // Every byte 400 ms late each way: a round's messages reach the broker 400 ms after
     // they leave. Connecting and declaring the topology take some 15 s of round trips so.
