@@ -20,15 +20,21 @@ async fn wait_for_readiness(url: &str, wanted: &str) -> anyhow::Result<Value> {
     Ok(body)
 }
 
-/// Ids in the ready messages of the work queue (taken off it).
+/// Ids in the ready messages of the work queue (taken off it), once each.
 async fn ids_in_checks_queue(env: &TestEnv) -> anyhow::Result<Vec<i64>> {
+    let mut ids = ids_published(env).await?;
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Ids in the ready messages of the work queue (taken off it), as often as published.
+async fn ids_published(env: &TestEnv) -> anyhow::Result<Vec<i64>> {
     let mut ids: Vec<i64> = Vec::new();
     for delivery in env.drain(&env.topology().checks_queue).await? {
         let message: lastseen::CheckMessage = serde_json::from_slice(&delivery.data)?;
         ids.extend(message.object_ids.iter().map(|id| id.get()));
     }
-    ids.sort_unstable();
-    ids.dedup();
     Ok(ids)
 }
 
@@ -235,11 +241,7 @@ async fn a_producer_killed_while_it_publishes_its_spool_loses_no_id() -> anyhow:
 
     let second = env.start_producer(&[]).await?;
     wait_for_readiness(&second, "ready").await?;
-    let mut published: Vec<i64> = Vec::new();
-    for delivery in env.drain(&env.topology().checks_queue).await? {
-        let message: lastseen::CheckMessage = serde_json::from_slice(&delivery.data)?;
-        published.extend(message.object_ids.iter().map(|id| id.get()));
-    }
+    let mut published = ids_published(&env).await?;
     let sent = published.len();
     published.sort_unstable();
     published.dedup();
